@@ -1,0 +1,97 @@
+"""The layer-specific learning-rate factor of Singh et al. (2015), eq. 9.
+
+For layer ``l`` with gradient ``g_l`` the learning rate becomes ``t_l = t * f_l`` with
+
+    f_l = 1 + log(1 + 1 / (||g_l||_2 + eps))            (natural log; eps = 0 in the paper)
+
+``f_l >= 1``; it tends to 1 for large norms and grows without bound (logarithmically) as the
+norm shrinks: f(5) = 1.18, f(1) = 1.693, f(1e-3) = 7.91, f(1e-8) = 19.42.
+
+Numerics:
+
+* Sums of squares, norms and factors are computed in float32 at least (float64 for float64
+  leaves; complex leaves contribute ``re^2 + im^2``), whatever the leaf dtype: a bfloat16 or
+  float16 sum of squares loses precision or overflows.
+* A layer whose sum of squares is exactly zero gets factor 1: its gradient is zero, so its
+  scaled gradient is zero too (never ``0 * inf = NaN``). Gradients through the guard are
+  finite (the "double where" of ``optax.safe_norm``). In float32 a layer whose entries are all
+  below about 1e-19 in magnitude has squares that underflow to zero and is treated the same.
+* A sum of squares that overflows to inf (entries above about 1e19 in float32) gives
+  ``1/inf = 0`` and factor 1, which is also the exact factor rounded to float32.
+* NaN in a layer makes its factor 1 and leaves the NaN in the update, so
+  ``optax.apply_if_finite`` still sees it.
+
+References:
+  Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep
+  Networks." ICMLA 2015. arXiv:1510.04609.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from layerwise_optax._grouping import LayerPlan
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+  """float32 at least; float64 stays float64; complex maps to its real dtype."""
+  real = jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.float32
+  return jnp.promote_types(real, jnp.float32)
+
+
+def _sum_of_squares(leaf: jax.Array, stacked: bool) -> jax.Array:
+  x = jnp.asarray(leaf)
+  dt = compute_dtype(x.dtype)
+  sq = (jnp.square(x.real.astype(dt)) + jnp.square(x.imag.astype(dt))
+        if jnp.iscomplexobj(x) else jnp.square(x.astype(dt)))
+  axes = tuple(range(1, x.ndim)) if stacked else None
+  return jnp.sum(sq, axis=axes)
+
+
+def layer_sums_of_squares(leaves: Sequence[jax.Array], plan: LayerPlan,
+                          axis_name: Any = None) -> list[jax.Array]:
+  """Each layer's squared L2 norm (a vector over the stacking axis for stacked layers).
+
+  With ``axis_name`` the per-layer sums are ``psum``-ed over that mapped axis, giving the
+  norm of the whole layer inside ``shard_map``/``pmap`` with sharded parameters.
+  """
+  sums: list[Any] = [None] * len(plan.names)
+  for leaf, layer in zip(leaves, plan.leaf_layer):
+    s = _sum_of_squares(leaf, plan.stacked[layer])
+    sums[layer] = s if sums[layer] is None else sums[layer] + s
+  if axis_name is not None and sums:
+    sums = list(jax.lax.psum(sums, axis_name))
+  return sums
+
+
+def factor_from_sum_of_squares(sum_sq: jax.Array, eps: Any = 0.0) -> jax.Array:
+  """``1 + log1p(1 / (sqrt(sum_sq) + eps))``, and 1 where ``sum_sq`` is 0 or NaN."""
+  positive = sum_sq > 0
+  safe = jnp.where(positive, sum_sq, jnp.ones_like(sum_sq))
+  factor = 1 + jnp.log1p(1 / (jnp.sqrt(safe) + jnp.asarray(eps, sum_sq.dtype)))
+  return jnp.where(positive, factor, jnp.ones_like(factor))
+
+
+def norm_from_sum_of_squares(sum_sq: jax.Array) -> jax.Array:
+  """``sqrt(sum_sq)`` with a finite gradient at 0."""
+  positive = sum_sq > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sum_sq, 1.0)), 0.0)
+
+
+def scale_leaves(leaves: Sequence[jax.Array], plan: LayerPlan,
+                 factors: Sequence[jax.Array]) -> list[jax.Array]:
+  """Multiplies each leaf by its layer's factor, returning it in its own dtype."""
+  out = []
+  for leaf, layer in zip(leaves, plan.leaf_layer):
+    x = jnp.asarray(leaf)
+    f = factors[layer]
+    if plan.stacked[layer]:
+      f = f.reshape(f.shape + (1,) * (x.ndim - 1))
+    dt = compute_dtype(x.dtype)
+    scaled = x * f if jnp.iscomplexobj(x) else x.astype(dt) * f.astype(dt)
+    out.append(scaled.astype(x.dtype))
+  return out
