@@ -69,14 +69,15 @@ def path_name(path: KeyPath) -> str:
   return "/".join(_key_name(k) for k in path) or "<root>"
 
 
-def validate_layers(layers: LayersSpec) -> None:
-  """Raises ValueError for an unknown grouping name at construction."""
+def validate_layers(layers: LayersSpec, stacked: StackedSpec = None) -> None:
+  """Raises ValueError for an unknown grouping name or a bad ``stacked`` at construction."""
   if isinstance(layers, str) and layers not in _GROUPINGS:
     raise ValueError(
         f"layers={layers!r} is not a known grouping; use one of {_GROUPINGS}, a pytree "
         "of labels matching the parameters, or a callable (path, leaf) -> label.")
   if layers is None:
     raise ValueError("layers=None is not a grouping; use 'module' (the default) or 'array'.")
+  _stacked_predicate(stacked)
 
 
 def _stacked_predicate(stacked: StackedSpec) -> Callable[[str], bool]:

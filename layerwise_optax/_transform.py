@@ -64,7 +64,7 @@ def layer_factors(updates: optax.Updates, layers: LayersSpec = "module",
   ``'params/Conv_0'`` with ``layers='module'`` or ``'params/Conv_0/kernel'`` with
   ``layers='array'``.
   """
-  validate_layers(layers)
+  validate_layers(layers, stacked)
   _check_eps(norm_eps)
   leaves = jax.tree.leaves(updates)
   plan = make_plan(updates, layers, stacked)
@@ -117,7 +117,7 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
     Singh et al., "Layer-Specific Adaptive Learning Rates for Deep Networks", ICMLA 2015,
     arXiv:1510.04609, eqs. 9-10.
   """
-  validate_layers(layers)
+  validate_layers(layers, stacked)
   _check_eps(norm_eps)
 
   def init_fn(params):
@@ -154,7 +154,7 @@ def with_layerwise_lr(inner: optax.GradientTransformation, layers: LayersSpec = 
     Singh et al., "Layer-Specific Adaptive Learning Rates for Deep Networks", ICMLA 2015,
     arXiv:1510.04609, eqs. 9 and 12.
   """
-  validate_layers(layers)
+  validate_layers(layers, stacked)
   _check_eps(norm_eps)
   inner = optax.with_extra_args_support(inner)
 
