@@ -20,8 +20,12 @@ def _apply(tree, **kwargs):
   return updates
 
 
-def test_closed_form_three_four():
-  out = _apply({"layer": {"w": jnp.array([3.0, 4.0])}})
+@pytest.mark.parametrize("jit", [False, True])
+def test_closed_form_three_four(jit):
+  tx = lo.scale_by_layerwise_lr()
+  update = jax.jit(tx.update) if jit else tx.update
+  g = {"layer": {"w": jnp.array([3.0, 4.0])}}
+  out, _ = update(g, tx.init(g))
   f = 1.0 + np.log(1.2)  # ||[3,4]|| = 5, so 1 + ln(1 + 1/5)
   np.testing.assert_allclose(out["layer"]["w"], [3.0 * f, 4.0 * f], rtol=1e-6)
 

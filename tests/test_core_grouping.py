@@ -66,6 +66,33 @@ def test_stacked_layers_get_one_factor_per_slice():
                              kernel[1] * _factor(np.sqrt(25.25)), rtol=1e-6)
 
 
+def test_stacked_flax_linen_scan_gets_one_factor_per_scanned_layer():
+  import flax.linen as nn
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+      return nn.tanh(nn.Dense(4)(x)), None
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x, _ = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
+                     length=3, name="blocks")()(x, None)
+      return x
+
+  params = Net().init(jax.random.key(0), jnp.ones((2, 4)))
+  assert params["params"]["blocks"]["Dense_0"]["kernel"].shape == (3, 4, 4)
+  stats = lo.layer_factors(params, stacked="params/blocks")
+  kernel = params["params"]["blocks"]["Dense_0"]["kernel"]
+  bias = params["params"]["blocks"]["Dense_0"]["bias"]
+  norms = np.sqrt(np.sum(np.square(kernel), axis=(1, 2)) + np.sum(np.square(bias), axis=1))
+  np.testing.assert_allclose(stats["params/blocks/Dense_0"].norm, norms, rtol=1e-5)
+  out = _update(params, stacked="params/blocks")
+  np.testing.assert_allclose(out["params"]["blocks"]["Dense_0"]["kernel"][2],
+                             kernel[2] * _factor(norms[2]), rtol=1e-5)
+
+
 def test_stacked_prefix_matches_whole_path_components_only():
   grads = {"layers_1": {"w": jnp.ones((2, 2))}, "layers_10": {"w": jnp.ones((3, 2))}}
   stats = lo.layer_factors(grads, stacked="layers_1")
