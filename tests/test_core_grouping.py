@@ -77,8 +77,9 @@ def test_stacked_flax_linen_scan_gets_one_factor_per_scanned_layer():
   class Net(nn.Module):
     @nn.compact
     def __call__(self, x):
-      x, _ = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
-                     length=3, name="blocks")()(x, None)
+      scanned = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
+                        length=3)
+      x, _ = scanned(name="blocks")(x, None)
       return x
 
   params = Net().init(jax.random.key(0), jnp.ones((2, 4)))
