@@ -1,0 +1,105 @@
+"""Optimizers for each method of the paper, built the way Caffe's solvers apply them.
+
+For every parameter blob Caffe computes, in this order,
+
+    g <- g + wd * decay_mult * w                              (weight decay first)
+    t_l = lr_k * lr_mult * f_l,   f_l = 1 + log(1 + 1/||g_l||)  ("+layer" only; else f_l = 1)
+
+and then its update rule (``local_rate = t_l``):
+
+* SGD:      ``h = mu h + t_l g;  w -= h``                          (paper eq. 10)
+* NAG:      ``h' = mu h + t_l g; w -= (1 + mu) h' - mu h``
+* AdaGrad:  ``G += g^2;  w -= t_l g / (sqrt(G) + delta)``          (paper eq. 12)
+* Adam:     ``w -= t_l m_hat / (sqrt(v_hat) + eps)``               (the extra pair)
+
+Here, with optax: the factor comes from :func:`layerwise_optax.scale_by_layerwise_lr`
+chained before ``optax.sgd`` for SGD/NAG (the factor enters the momentum history, as in
+Caffe), and from :func:`layerwise_optax.with_layerwise_lr` around AdaGrad and Adam (the
+factor, taken from the raw decayed gradient, multiplies the preconditioned step; the history
+holds unscaled gradients). ``lr_mult`` is a constant per-array scale applied next to the
+factor; since every rule is linear in ``t_l`` this equals Caffe's ``local_rate``.
+
+AdaGrad uses ``optax.adagrad(initial_accumulator_value=0, eps=delta**2)``:
+``g / sqrt(G + delta^2)`` in place of Caffe's ``g / (sqrt(G) + delta)``. Both start from an
+empty history and differ only where ``sqrt(G)`` is about ``delta = 1e-8``, i.e. never for a
+parameter that has seen a gradient; optax's default ``G_0 = 0.1`` would instead damp the first
+steps of every parameter.
+
+References:
+  Singh et al., ICMLA 2015, arXiv:1510.04609, eqs. 9, 10, 12.
+  Caffe's ``SGDSolver::Regularize`` / ``ComputeUpdateValue`` (sgd, nesterov, adagrad, adam).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import layerwise_optax as lw
+
+from .configs import Schedule, Solver
+
+
+def schedule_fn(base_lr: float, schedule: Schedule) -> optax.Schedule:
+  """Caffe's lr policy at iteration ``k`` (0-based, as Caffe's ``iter_``)."""
+  if schedule.policy == "fixed":
+    return optax.constant_schedule(base_lr)
+  if schedule.policy == "inv":
+    return lambda k: base_lr * (1.0 + schedule.gamma * k) ** (-schedule.power)
+  if schedule.policy == "multistep":
+    return optax.piecewise_constant_schedule(
+        base_lr, {s: schedule.gamma for s in schedule.steps})
+  raise ValueError(f"unknown lr policy {schedule.policy!r}")
+
+
+def decay_by_mult(weight_decay: float, decay_mult: Any) -> optax.GradientTransformation:
+  """``g + weight_decay * decay_mult * w`` per array (Caffe's L2 regularisation)."""
+  def update_fn(updates, state, params):
+    new = jax.tree.map(lambda g, w, m: g + (weight_decay * m) * w if m else g,
+                       updates, params, decay_mult)
+    return new, state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
+def scale_by_mult(lr_mult: Any) -> optax.GradientTransformation:
+  """Multiplies each array's update by its constant ``lr_mult``."""
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, m: u if m == 1 else u * jnp.asarray(m, u.dtype),
+                        updates, lr_mult), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
+def split_method(method: str) -> tuple[str, bool]:
+  """'nag+layer' -> ('nag', True)."""
+  base, _, suffix = method.partition("+")
+  if suffix not in ("", "layer") or base not in ("sgd", "nag", "adagrad", "adam"):
+    raise ValueError(f"unknown method {method!r}; use e.g. 'sgd' or 'sgd+layer'.")
+  return base, suffix == "layer"
+
+
+def make_optimizer(method: str, solver: Solver, lr_mult: Any, decay_mult: Any,
+                   layers: Any = "module") -> optax.GradientTransformation:
+  """The optax optimizer for ``method`` under ``solver`` (Caffe order, see module doc)."""
+  base, layerwise = split_method(method)
+  lr = schedule_fn(solver.base_lr, solver.schedule)
+  decay = decay_by_mult(solver.weight_decay, decay_mult)
+  mult = scale_by_mult(lr_mult)
+  if base in ("sgd", "nag"):
+    factor = [lw.scale_by_layerwise_lr(layers)] if layerwise else []
+    mu = solver.momentum or None
+    return optax.chain(decay, *factor, mult, optax.sgd(lr, mu, nesterov=base == "nag"))
+  if base == "adagrad":
+    inner = optax.chain(optax.adagrad(lr, initial_accumulator_value=0.0, eps=1e-16), mult)
+  else:
+    inner = optax.chain(optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8), mult)
+  return optax.chain(decay, lw.with_layerwise_lr(inner, layers) if layerwise else inner)
+
+
+def effective_lr(method: str, solver: Solver, step: Any, factor: Any) -> Any:
+  """``lr_k * f_l`` for a "+layer" method, ``lr_k`` otherwise (``lr_mult`` excluded)."""
+  lr = schedule_fn(solver.base_lr, solver.schedule)(step)
+  return lr * factor if split_method(method)[1] else lr * jnp.ones_like(factor)
