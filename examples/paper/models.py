@@ -150,6 +150,7 @@ class AlexNet(nn.Module):
 
   num_classes: int = 1000
   dropout: float = 0.5
+  fc_width: int = 4096  # fc6/fc7; smaller only to keep tests light
   input_shape = (227, 227, 3)
   mults = {n: (2, 0) for n in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7",
                                 "fc8")}
@@ -166,7 +167,7 @@ class AlexNet(nn.Module):
     x = nn.relu(_conv(256, 3, 0.01, pad=1, groups=2, bias=0.1, name="conv5")(x))
     x = _flatten(caffe_pool(x, "max"))
     for name in ("fc6", "fc7"):
-      x = nn.relu(_dense(4096, 0.005, bias=0.1, name=name)(x))
+      x = nn.relu(_dense(self.fc_width, 0.005, bias=0.1, name=name)(x))
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return _dense(self.num_classes, 0.01, name="fc8")(x)
 

@@ -145,8 +145,9 @@ def make_eval(model, chunk: int = 1000):
 
 
 def build_setup(protocol: Protocol, method: str, dataset: data_lib.Dataset,
-                layers: Any = "module") -> Setup:
-  model = models_lib.MODELS[protocol.model](num_classes=dataset.num_classes)
+                layers: Any = "module", model_kwargs: dict | None = None) -> Setup:
+  model = models_lib.MODELS[protocol.model](num_classes=dataset.num_classes,
+                                             **(model_kwargs or {}))
   base, _ = methods_lib.split_method(method)
   solver = protocol.solvers[base]
   abstract = models_lib.abstract_params(model)
@@ -163,7 +164,7 @@ def build_setup(protocol: Protocol, method: str, dataset: data_lib.Dataset,
 
 def init_state(setup: Setup, seed: int, iters: int, batch: int, n_eval: int) -> TrainState:
   """Initial parameters (Caffe fillers, key = seed), optimizer state and empty histories."""
-  params = setup.model.init(jax.random.key(seed), setup.train_x[:1])["params"]
+  params = jax.jit(setup.model.init)(jax.random.key(seed), setup.train_x[:1])["params"]
   n_layers = len(setup.layer_names)
   s = SeedState(params, setup.tx.init(params), jnp.zeros(iters), jnp.zeros((iters, n_layers)),
                 jnp.zeros((iters, n_layers)), jnp.full((n_eval,), jnp.nan))
@@ -201,12 +202,12 @@ class Runner:
 
   def __init__(self, protocol: Protocol, method: str, dataset: data_lib.Dataset, iters: int,
                layers: Any = "module", eval_iters: tuple[int, ...] | None = None,
-               batch_size: int | None = None):
+               batch_size: int | None = None, model_kwargs: dict | None = None):
     self.protocol, self.method, self.iters = protocol, method, iters
     self.batch = batch_size or protocol.batch_size
     evals = [k for k in (eval_iters or protocol.eval_iters) if k <= iters]
     self.eval_iters = tuple(evals if iters in evals else evals + [iters])
-    self.setup = setup = build_setup(protocol, method, dataset, layers)
+    self.setup = setup = build_setup(protocol, method, dataset, layers, model_kwargs)
     step_fn = make_train_step(setup.model, setup.tx, setup.record)
     eval_fn = make_eval(setup.model)
 
