@@ -83,7 +83,9 @@ def opt_step(tx):
 
 def run_steps(step, params, state, grads_seq):
   for g in grads_seq:
-    params, updates, state = step(params, state, g)
+    # One step at a time: on XLA:CPU the simulated devices share a thread pool, where
+    # collectives of overlapping steps have been seen to stall on a loaded machine.
+    params, updates, state = jax.block_until_ready(step(params, state, g))
   return params, updates, state
 
 
@@ -208,7 +210,7 @@ def test_jit_train_step(layout):
     state, losses = tx.init(params), []
     step = jax.jit(train_step).lower(params, state, *batches[0]).compile()
     for x, y in batches:
-      params, state, loss = step(params, state, x, y)
+      params, state, loss = jax.block_until_ready(step(params, state, x, y))
       losses.append(loss)
     return params, np.asarray(losses), step
 
