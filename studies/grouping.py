@@ -1,0 +1,141 @@
+"""Grouping: one factor per module (kernel + bias) or one per array? The Table I protocol.
+
+``f_l = 1 + log(1 + 1/||g_l||_2)`` (Singh et al. 2015, eq. 9) needs a notion of layer.
+``layers="module"`` (this library's default) takes one norm per innermost module, e.g.
+LeNet's ``conv1`` kernel and bias together (4 layers); ``layers="array"`` takes one per
+array, Caffe's per-blob granularity (8 arrays). A bias's gradient is much smaller than its
+kernel's, so under ``"array"`` the biases get larger factors than the kernels.
+
+Protocol: the paper's Table I (MNIST LeNet, Caffe ``lenet_solver``; here on
+Fashion-MNIST): SGD, NAG and AdaGrad, each alone and with the factor under both
+groupings, from the harness in ``examples/paper/``. Same seeds for every method (paired);
+test error at the protocol's evaluation points up to ``--iters``.
+
+Run: ``python studies/grouping.py`` (3 seeds x 2,000 iterations, the paper's length). The
+base methods and their ``"module"`` versions are read from the main comparison's runs in
+``results/fashion_mnist/runs`` (``examples/reproduce.py``, same seeds and protocol) when they
+are there, so only the three ``"array"`` runs are trained: 18,000 LeNet steps, about 10
+minutes in two single-threaded processes on 2 quiet CPU cores. Without those runs (or with
+``--no-reuse``) all nine are trained, about 30 minutes; ``--iters 500`` cuts that to 8.
+
+References:
+  Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep
+  Networks." ICMLA 2015. arXiv:1510.04609. Table I.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+GROUPINGS = ("module", "array")
+
+
+def run_all(protocol, dataset, bases, seeds, iters, workers=1, reuse=None, log=print):
+  """{label: harness curves} for each base method, alone and +layer under each grouping."""
+  configs = {}
+  for b in bases:
+    configs[b] = (b, None, "module")
+    for g in GROUPINGS:
+      configs[f"{b}+layer ({g})"] = (b + "+layer", None, g)
+  runs = common.train_runs(protocol, dataset, configs, seeds, iters, workers=workers,
+                           reuse=reuse, log=log)
+  for label, (method, _, layers) in configs.items():
+    runs[label]["grouping"] = layers if method.endswith("+layer") else None
+  return runs
+
+
+def analyse(runs, bases, seeds, iters):
+  first = next(iter(runs.values()))
+  evals = list(first["eval_iters"])
+  out = {"eval_iters": evals, "runs": {}, "paired": {}}
+  rows, rows_f = [], []
+  sd = lambda x: x.std(ddof=1) if len(x) > 1 else 0.0
+  for label, r in runs.items():
+    err = np.asarray(r["test_error"])  # (seed, eval)
+    out["runs"][label] = {"test_error": err, "layer_names": r["layer_names"],
+                          "grouping": r["grouping"],
+                          "mean_factor_per_layer": r["factor"].mean((0, 1)),
+                          "mean_grad_norm_per_layer": r["grad_norm"].mean((0, 1))}
+    rows.append([label] + [f"{100 * err[:, i].mean():.2f} ± {100 * sd(err[:, i]):.2f}"
+                           for i in range(len(evals))])
+    if r["grouping"]:
+      rows_f.append([label, ", ".join(
+          f"{n}: {common.fmt(f, 3)}" for n, f in zip(r["layer_names"], r["factor"].mean((0, 1))))])
+  rows_p = []
+  for b in bases:
+    base = runs[b]["test_error"][:, -1]
+    mod, arr = (runs[f"{b}+layer ({g})"]["test_error"][:, -1] for g in GROUPINGS)
+    d = {"base - module": base - mod, "base - array": base - arr, "array - module": arr - mod}
+    out["paired"][b] = d
+    rows_p.append([b] + [f"{100 * x.mean():+.2f} ± {100 * sd(x):.2f} "
+                         f"({int(np.sum(x > 0))}/{len(x)} seeds > 0)" for x in d.values()])
+  table = "\n\n".join([
+      f"LeNet, Fashion-MNIST, Table I protocol (Caffe lenet_solver); test error (%), mean ± "
+      f"std over {seeds} seeds, at the evaluation iterations up to {iters}.",
+      common.md_table(["method"] + [f"iter {k}" for k in evals], rows),
+      f"Paired differences at iteration {evals[-1]} (percentage points; > 0: the second "
+      "named has lower error):",
+      common.md_table(["base", "base - module", "base - array", "array - module"], rows_p),
+      "Mean factor per layer (seeds and iterations):",
+      common.md_table(["method", "factors"], rows_f),
+  ])
+  return out, table
+
+
+def plot(out_dir: Path, runs, bases, results):
+  plt = common.plt()
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+  labels = list(runs)
+  for i, label in enumerate(labels):
+    err = 100 * np.asarray(results["runs"][label]["test_error"])[:, -1]
+    color = f"C{labels.index(label) % 3}"
+    axes[0].bar(i, err.mean(), color=color, alpha=0.35 + 0.3 * (i % 3 > 0))
+    axes[0].plot(np.full(len(err), i), err, "k.", ms=4)
+  axes[0].set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=8)
+  lo = min(100 * np.asarray(r["test_error"])[:, -1].min() for r in results["runs"].values())
+  axes[0].set(ylabel=f"test error % at iteration {results['eval_iters'][-1]}",
+              ylim=(max(0, lo - 2), None), title="bars: mean; dots: seeds")
+  for label in labels:
+    r = results["runs"][label]
+    if r["grouping"] is None:
+      continue
+    names = list(r["layer_names"])
+    ls = "-" if r["grouping"] == "module" else ":"
+    axes[1].plot(range(len(names)), r["mean_factor_per_layer"], marker="o", ls=ls, label=label)
+    if r["grouping"] == "array":
+      axes[1].set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=7)
+  axes[1].set(ylabel="mean factor over training", title="factor per layer (module: one "
+              "per kernel+bias, plotted at the first indices)")
+  axes[1].legend(fontsize=7)
+  for ax in axes:
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(out_dir / "grouping.png", dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None, protocol=None, dataset=None):
+  p = common.lenet_parser(__doc__, seeds=3, iters=2000, name="grouping")
+  p.add_argument("--bases", default="sgd,nag,adagrad", help="base methods")
+  args = p.parse_args(argv)
+  bases = args.bases.split(",")
+  elapsed = common.timer()
+  protocol = protocol or common.lenet_protocol()
+  dataset = dataset if dataset is not None else common.load_dataset("fashion_mnist")
+  runs = run_all(protocol, dataset, bases, args.seeds, args.iters, args.workers, args.reuse)
+  results, table = analyse(runs, bases, args.seeds, args.iters)
+  results.update(seeds=args.seeds, iters=args.iters, protocol=protocol.name,
+                 sources={label: r["source"] for label, r in runs.items()})
+  common.finish("grouping", args, argv, results, table, elapsed,
+                lambda: plot(args.out, runs, bases, results))
+  return results
+
+
+if __name__ == "__main__":
+  main()
