@@ -52,33 +52,6 @@ def _sum_of_squares(leaf: jax.Array, stacked: bool) -> jax.Array:
   return jnp.sum(sq, axis=axes)
 
 
-# Leaves up to this many elements have their sums of squares taken together (see below).
-SMALL_LEAF = 1 << 14
-
-
-def _small_sums_of_squares(leaves: Sequence[jax.Array], plan: LayerPlan) -> dict[int, Any]:
-  """Sums of squares of the small real leaves, batched: {leaf index: sum}.
-
-  XLA:CPU turns the reduction of a small vector into three or four kernels (square, then a
-  tree of ``reduce-window``s), so a ResNet-50's 107 batch-norm and bias arrays cost ~400
-  tiny kernels. Here small leaves of equal size and dtype are stacked and reduced row-wise:
-  one concatenation and one reduction per distinct size, whatever the number of layers.
-  """
-  buckets: dict[tuple[Any, int], list[int]] = {}
-  for i, (x, layer) in enumerate(zip(leaves, plan.leaf_layer)):
-    if (0 < x.size <= SMALL_LEAF and not plan.stacked[layer]
-        and not jnp.iscomplexobj(x) and jnp.issubdtype(x.dtype, jnp.inexact)):
-      buckets.setdefault((compute_dtype(x.dtype), x.size), []).append(i)
-  out: dict[int, Any] = {}
-  for (dt, _), idx in buckets.items():
-    if len(idx) < 2:
-      continue
-    rows = jnp.stack([jnp.ravel(leaves[i]).astype(dt) for i in idx])
-    totals = jnp.sum(jnp.square(rows), axis=1)
-    out.update((i, totals[k]) for k, i in enumerate(idx))
-  return out
-
-
 def layer_sums_of_squares(leaves: Sequence[jax.Array], plan: LayerPlan,
                           axis_name: Any = None) -> list[jax.Array]:
   """Each layer's squared L2 norm (a vector over the stacking axis for stacked layers).
@@ -86,13 +59,12 @@ def layer_sums_of_squares(leaves: Sequence[jax.Array], plan: LayerPlan,
   With ``axis_name`` the per-layer sums are ``psum``-ed over that mapped axis, giving the
   norm of the whole layer inside ``shard_map``/``pmap`` with sharded parameters.
   """
-  leaves = [jnp.asarray(x) for x in leaves]
-  per_leaf = _small_sums_of_squares(leaves, plan)
+  # One reduction per leaf, never a concatenation of leaves: under ``jit`` with sharded
+  # parameters, stacking arrays of different layouts would move gradient data between
+  # devices (an all-to-all); per-leaf sums only all-reduce one float per layer.
   sums: list[Any] = [None] * len(plan.names)
-  for i, (leaf, layer) in enumerate(zip(leaves, plan.leaf_layer)):
-    s = per_leaf.get(i)
-    if s is None:
-      s = _sum_of_squares(leaf, plan.stacked[layer])
+  for leaf, layer in zip(leaves, plan.leaf_layer):
+    s = _sum_of_squares(leaf, plan.stacked[layer])
     sums[layer] = s if sums[layer] is None else sums[layer] + s
   if axis_name is not None and sums:
     sums = list(jax.lax.psum(sums, axis_name))
