@@ -128,7 +128,13 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
     del params
     leaves = jax.tree.leaves(updates)
     plan = make_plan(updates, layers, stacked)
-    _, factors = _layer_factors_flat(leaves, plan, norm_eps, axis_name)
+    # The barrier keeps the norms' upcast of a bfloat16/float16 leaf apart from the
+    # scaling's: merged by CSE, XLA:CPU materialises the float32 copy (a write and a read
+    # of twice the leaf's bytes) because its reduction kernel cannot share a producer.
+    # Interleaved A/B on 4 bfloat16 arrays of 2048x2048: 4.0x optax.sgd's step without,
+    # 1.6x with (docs/performance.md). The float32 HLO is unchanged.
+    norm_leaves = jax.lax.optimization_barrier(leaves) if leaves else leaves
+    _, factors = _layer_factors_flat(norm_leaves, plan, norm_eps, axis_name)
     return _scale_tree(updates, plan, factors), state
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,80 @@
+"""Smoke test of benchmarks/bench_step.py on tiny trees (seconds, not a measurement)."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import jax
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+  spec = importlib.util.spec_from_file_location("_bench_step_smoke", _PATH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _tiny_tree(bench):
+  tree = bench.big_tree(2, 32)
+  tree.update(bench.lenet_tree())
+  return tree
+
+
+def test_bench_tree_ratios_state_and_recompiles(bench):
+  rows = bench.bench_tree("tiny", _tiny_tree(bench), reps=5)
+  by_method = {r["method"]: r for r in rows}
+  assert set(by_method) == {name for name, _, _ in bench.methods()}
+  for r in rows:
+    assert r["median_ms"] > 0 and len(r["times_ms"]) == r["reps"] == 5
+    assert r["recompiles"] == 0 and r["cache_size"] == 1
+    if r["baseline"]:
+      assert math.isfinite(r["ratio"]) and r["ratio"] > 0
+  for name in ("ours sgd", "ours nesterov", "ours adagrad eq.12"):
+    r = by_method[name]
+    assert r["state_bytes"] == r["base_state_bytes"] > 0
+  summary = bench.summary(rows)
+  assert summary["added_state"] == 0 and summary["recompiled"] == 0
+  lines = bench.table(rows)
+  assert len(lines) == 2 + sum(1 for r in rows if r["baseline"])
+
+
+def test_recompile_is_detected(bench):
+  tx = bench.methods()[1][1]
+  step = bench.optimizer_step(tx)
+  shapes = bench.big_tree(1, 8)
+  params = bench.materialise(shapes, 0)
+  grads = bench.materialise(shapes, 1)
+  state = tx.init(params)
+  with bench.compile_log() as log:
+    params, state = step(params, state, grads)
+    params, state = step(params, state, grads)
+  assert bench.n_compiles(log) == 1
+  with bench.compile_log() as log:  # a new shape compiles again
+    wide = bench.materialise(bench.big_tree(1, 16), 0)
+    step(wide, tx.init(wide), bench.materialise(bench.big_tree(1, 16), 1))
+  assert bench.n_compiles(log) == 1 and step._cache_size() == 2
+
+
+def test_hlo_summary_counts_the_norm_pass(bench):
+  shapes = _tiny_tree(bench)
+  optax_sgd, ours_sgd = bench.methods()[0][1], bench.methods()[1][1]
+  base, ours = bench.hlo_summary(optax_sgd, shapes), bench.hlo_summary(ours_sgd, shapes)
+  n_leaves = len(jax.tree.leaves(shapes))
+  assert base["kernels"] >= n_leaves and base["reductions"] == 0
+  assert ours["reductions"] > 0 and ours["kernels"] > base["kernels"]
+  # The update passes are the same: no extra full-size pass besides the norms' reads.
+  assert ours["full_size"] == base["full_size"] > 0
+
+
+def test_training_step_overhead_runs(bench):
+  rows = bench.bench_training("lenet", reps=5, budget_s=0.0, batch=2)
+  assert {r["method"] for r in rows} >= {"ours sgd", "optax sgd"}
+  for r in rows:
+    assert r["median_ms"] > 0 and r["recompiles"] == 0 and r["cache_size"] == 1
+    assert r["tree"].startswith("lenet") and "batch 2" in r["tree"]
+    if r["baseline"]:
+      assert math.isfinite(r["ratio"]) and r["ratio"] > 0
