@@ -9,6 +9,10 @@ effective_lr.png) covers every seed finished so far, paired across methods. Fini
 are kept in ``--out/runs`` and an interrupted run resumes from ``--out/ckpt``: rerunning the
 same command continues where it stopped.
 
+``--workers N`` trains the seeds in N single-threaded worker processes (seed k goes to worker
+k mod N) and then writes the report for all of them: on XLA:CPU two single-threaded
+processes train LeNet about 25% faster than one process using both cores.
+
 References:
   Singh et al., "Layer-Specific Adaptive Learning Rates for Deep Networks", ICMLA 2015,
   arXiv:1510.04609.
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,7 +58,54 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--checkpoint-every", type=int, default=500)
   p.add_argument("--no-plots", action="store_true")
   p.add_argument("--no-progress", action="store_true")
-  return p.parse_args(argv)
+  p.add_argument("--workers", type=int, default=1,
+                 help="train the seeds in N single-threaded processes, then report")
+  p.add_argument("--worker-seeds", default=None, help=argparse.SUPPRESS)
+  p.add_argument("--progress-file", default=None, help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args.workers < 1 or args.seeds < 1 or args.iters < 1:
+    p.error("--workers, --seeds and --iters must be at least 1")
+  return args
+
+
+SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def run_workers(args: argparse.Namespace, argv: list[str], seeds: list[int], n_runs: int,
+                out: Path) -> None:
+  """Trains ``seeds`` in ``args.workers`` child processes; one progress bar for all."""
+  progress_dir = out / "progress"
+  progress_dir.mkdir(parents=True, exist_ok=True)
+  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD))
+  procs = []
+  for w in range(args.workers):
+    mine = seeds[w::args.workers]
+    if not mine:
+      continue
+    pfile = progress_dir / f"worker{w}.txt"
+    pfile.write_text("0")
+    cmd = [sys.executable, __file__, *argv, "--workers", "1", "--no-progress", "--no-plots",
+           "--worker-seeds", ",".join(map(str, mine)), "--progress-file", str(pfile)]
+    log = open(progress_dir / f"worker{w}.log", "w")
+    procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log,
+                  pfile))
+  bar = None
+  if not args.no_progress:
+    from tqdm import tqdm
+    bar = tqdm(total=n_runs * args.iters, unit="it", smoothing=0.05,
+               desc=f"{len(procs)} workers")
+  while any(p.poll() is None for p, _, _ in procs):
+    time.sleep(1.0)
+    if bar is not None:
+      done = sum(int(f.read_text() or 0) for _, _, f in procs if f.exists())
+      bar.update(done - bar.n)
+  if bar is not None:
+    bar.close()
+  for _, log, _ in procs:
+    log.close()
+  failed = [i for i, (p, _, _) in enumerate(procs) if p.returncode]
+  if failed:
+    sys.exit(f"worker(s) {failed} failed; see {progress_dir}/worker*.log")
 
 
 def method_list(spec: str) -> list[str]:
@@ -73,6 +126,8 @@ def main(argv=None) -> dict:
   protocol = configs.PROTOCOLS[args.protocol or configs.DEFAULT_PROTOCOL[args.dataset]]
   methods = method_list(args.methods)
   seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+  if args.worker_seeds:
+    seeds = [int(k) for k in args.worker_seeds.split(",")]
   out = Path(args.out)
   try:
     dataset = data.load_dataset(args.dataset, args.data_dir, args.download)
@@ -83,13 +138,22 @@ def main(argv=None) -> dict:
             "batch_size": args.batch_size or protocol.batch_size,
             "command": "python examples/reproduce.py " + " ".join(sys.argv[1:] if argv is None
                                                                   else argv)}
+  t0 = time.perf_counter()
+  if args.workers > 1:
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    run_workers(args, argv_list, seeds, len(seeds) * len(methods), out)
   runners: dict[str, train.Runner] = {}
+  counter = {"n": 0}
+
+  def count(n: int) -> None:  # a worker's progress, read by its parent
+    counter["n"] += n
+    if counter["n"] % 50 == 0:
+      Path(args.progress_file).write_text(str(counter["n"]))
   done: dict[str, list[dict]] = {m: [] for m in methods}
   bar = None
   if not args.no_progress:
     from tqdm import tqdm
     bar = tqdm(total=len(seeds) * len(methods) * args.iters, unit="it", smoothing=0.05)
-  t0 = time.perf_counter()
   md = ""
   for seed in seeds:
     for m in methods:
@@ -98,6 +162,8 @@ def main(argv=None) -> dict:
         done[m].append(load_run(path))
         if bar is not None:
           bar.update(args.iters)
+        if args.progress_file:
+          count(args.iters)
         continue
       if m not in runners:
         runners[m] = train.Runner(protocol, m, dataset, args.iters, args.layers,
@@ -105,12 +171,16 @@ def main(argv=None) -> dict:
       if bar is not None:
         bar.set_description(f"seed {seed} {m}")
       ckpt = out / "ckpt" / f"{m}_seed{seed}.npz"
-      r = runners[m].run(seed, ckpt, args.checkpoint_every,
-                         progress=bar.update if bar is not None else None)
+      progress = bar.update if bar is not None else (count if args.progress_file else None)
+      r = runners[m].run(seed, ckpt, args.checkpoint_every, progress=progress)
       path.parent.mkdir(parents=True, exist_ok=True)
       np.savez(path, seed=seed, wall_s=r["wall_s"], **{k: r[k] for k in RUN_KEYS})
       ckpt.unlink(missing_ok=True)
       done[m].append(load_run(path))
+      if args.progress_file:
+        Path(args.progress_file).write_text(str(counter["n"]))
+    if args.worker_seeds:
+      continue  # the parent process writes the report
     runner = next(iter(runners.values()), None) or train.Runner(
         protocol, methods[0], dataset, args.iters, args.layers, batch_size=args.batch_size)
     results = {}
@@ -123,6 +193,8 @@ def main(argv=None) -> dict:
     md = report.write_report(out, results, config, plots=not args.no_plots)
   if bar is not None:
     bar.close()
+  if args.worker_seeds:
+    return {}
   print(md)
   print(f"wrote {out}/table.md, results.json, test_error.csv"
         + ("" if args.no_plots else ", test_error.png, effective_lr.png"))

@@ -271,14 +271,17 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download_missing
                  count: tuple[int, int] | None = None) -> Dataset:
   """Loads ``name`` ('fashion_mnist', 'mnist', 'cifar10') with all checks.
 
-  ``data_dir`` defaults to Debian's ``/usr/share/datasets/fashion-mnist`` for Fashion-MNIST.
+  ``data_dir`` defaults to Debian's ``/usr/share/datasets/fashion-mnist`` for Fashion-MNIST
+  where that package is installed, else to ``data/NAME`` (where ``--download`` writes).
   ``count`` = (train, test) sizes for small generated files (tests); for CIFAR-10 every
   batch file then holds ``count[1]`` records. Raises
   ``FileNotFoundError`` with instructions when the files are missing.
   """
   if name in ("fashion_mnist", "mnist"):
-    folder = Path(data_dir) if data_dir else (
-        DEBIAN_FASHION_MNIST if name == "fashion_mnist" else Path("data") / name)
+    folder = Path(data_dir) if data_dir else Path("data") / name
+    if not data_dir and name == "fashion_mnist" and (DEBIAN_FASHION_MNIST / (
+        IDX_FILES["test"][0] + ".gz")).exists():
+      folder = DEBIAN_FASHION_MNIST  # offline default; downloads go to ./data instead
     try:
       _find(folder, IDX_FILES["test"][0])
     except FileNotFoundError:

@@ -78,6 +78,11 @@ class Setup:
   train_y: jax.Array
   test_x: jax.Array
   test_y: jax.Array
+  init_params: Any = None  # jitted model.init, compiled once per setup
+
+  def __post_init__(self):
+    if self.init_params is None:
+      self.init_params = jax.jit(self.model.init)
 
 
 def make_order(seed: int, n_train: int, iters: int, batch: int) -> np.ndarray:
@@ -164,7 +169,7 @@ def build_setup(protocol: Protocol, method: str, dataset: data_lib.Dataset,
 
 def init_state(setup: Setup, seed: int, iters: int, batch: int, n_eval: int) -> TrainState:
   """Initial parameters (Caffe fillers, key = seed), optimizer state and empty histories."""
-  params = jax.jit(setup.model.init)(jax.random.key(seed), setup.train_x[:1])["params"]
+  params = setup.init_params(jax.random.key(seed), setup.train_x[:1])["params"]
   n_layers = len(setup.layer_names)
   s = SeedState(params, setup.tx.init(params), jnp.zeros(iters), jnp.zeros((iters, n_layers)),
                 jnp.zeros((iters, n_layers)), jnp.full((n_eval,), jnp.nan))

@@ -1,0 +1,166 @@
+"""Training harness (examples/paper): Caffe update rules, smoke runs, resume, CLI, report."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from paper import configs, data, methods, train
+
+ALL = configs.METHODS + configs.EXTRA_METHODS
+
+
+def generated(n_train=64, n_test=20, seed=0):
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 10, n_train + n_test).astype(np.int32)
+  # Class-dependent bright square plus noise: learnable within a few steps.
+  x = rng.integers(0, 60, (n_train + n_test, 28, 28, 1), dtype=np.uint8)
+  for i, c in enumerate(y):
+    x[i, 2 * c:2 * c + 8, 4:12] = 250
+  return data.Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10)
+
+
+def test_inv_schedule():
+  lr = methods.schedule_fn(0.01, configs.MNIST.solvers["sgd"].schedule)
+  assert float(lr(0)) == pytest.approx(0.01)
+  assert float(lr(1000)) == pytest.approx(0.01 * 1.1 ** -0.75, rel=1e-6)
+  steps = methods.schedule_fn(1e-3, configs.CIFAR10_FULL.solvers["sgd"].schedule)
+  assert [float(steps(k)) for k in (59999, 60000, 65000)] == pytest.approx([1e-3, 1e-4, 1e-5])
+
+
+def _factor(g):
+  return 1 + math.log1p(1 / float(np.sqrt(sum(np.sum(np.square(x)) for x in g))))
+
+
+@pytest.mark.parametrize("method", ["sgd+layer", "nag+layer", "adagrad+layer", "nag"])
+def test_update_rules_follow_caffe(method):
+  """Two steps of one layer {kernel, bias}: decay first, factor, lr_mult 2 on the bias."""
+  wd, lr, mu = 0.1, 0.5, 0.9
+  solver = configs.Solver(lr, configs.Schedule("fixed"), 0.0 if "adagrad" in method else mu, wd)
+  params = {"l": {"kernel": jnp.array([1.0, -2.0]), "bias": jnp.array([0.5])}}
+  lr_mult = {"l": {"kernel": 1.0, "bias": 2.0}}
+  tx = methods.make_optimizer(method, solver, lr_mult, {"l": {"kernel": 1.0, "bias": 1.0}})
+  state = tx.init(params)
+  grads = [{"l": {"kernel": jnp.array([0.3, 0.1]), "bias": jnp.array([-0.2])}},
+           {"l": {"kernel": jnp.array([0.05, -0.4]), "bias": jnp.array([0.1])}}]
+  w = {k: np.asarray(v, np.float64) for k, v in params["l"].items()}
+  h = {k: np.zeros_like(v) for k, v in w.items()}
+  for g in grads:
+    gd = {k: np.asarray(g["l"][k], np.float64) + wd * w[k] for k in w}
+    f = _factor(list(gd.values())) if method.endswith("+layer") else 1.0
+    updates, state = tx.update(g, state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+    for k in w:
+      rate = lr * f * lr_mult["l"][k]
+      if method.startswith("sgd"):
+        h[k] = mu * h[k] + rate * gd[k]
+        step = h[k]
+      elif method.startswith("nag"):
+        old = h[k]
+        h[k] = mu * h[k] + rate * gd[k]
+        step = (1 + mu) * h[k] - mu * old
+      else:
+        h[k] = h[k] + gd[k] ** 2
+        step = rate * gd[k] / (np.sqrt(h[k]) + 1e-8)
+      w[k] = w[k] - step
+    for k in w:
+      np.testing.assert_allclose(params["l"][k], w[k], rtol=2e-6, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return generated()
+
+
+def test_smoke_every_method(tiny):
+  """20 iterations of all eight methods: finite, learning, factors recorded."""
+  for method in ALL:
+    runner = train.Runner(configs.MNIST, method, tiny, 20, batch_size=8)
+    r = runner.run(0)
+    assert r["done"] == 20 and r["test_error"].shape == (1,), method
+    assert np.all(np.isfinite(r["train_loss"])), method
+    assert r["train_loss"][-5:].mean() < r["train_loss"][:5].mean(), method
+    assert runner.setup.layer_names == ("conv1", "conv2", "ip1", "ip2")
+    assert r["factor"].shape == (20, 4) and np.all(r["factor"] > 1), method
+    lr = methods.schedule_fn(configs.MNIST.solvers[method.split("+")[0]].base_lr,
+                             configs.MNIST.solvers[method.split("+")[0]].schedule)(19)
+    expect = lr * (r["factor"][19] if method.endswith("+layer") else 1.0)
+    np.testing.assert_allclose(r["effective_lr"][19], expect, rtol=1e-6)
+
+
+def test_resume_is_bit_identical_and_deterministic(tiny, tmp_path):
+  runner = train.Runner(configs.MNIST, "nag+layer", tiny, 20, batch_size=8, eval_iters=(10,))
+  whole = runner.run(3)
+  again = runner.run(3)
+  ckpt = tmp_path / "ckpt.npz"
+  part = runner.run(3, ckpt, checkpoint_every=5, stop_after=12)
+  assert part["done"] == 12 and ckpt.exists()
+  resumed = train.Runner(configs.MNIST, "nag+layer", tiny, 20, batch_size=8,
+                         eval_iters=(10,)).run(3, ckpt)
+  assert resumed["done"] == 20
+  for other in (again, resumed):
+    for key in ("test_error", "train_loss", "grad_norm", "factor"):
+      np.testing.assert_array_equal(other[key], whole[key])
+    for a, b in zip(jax.tree.leaves(other["params"]), jax.tree.leaves(whole["params"])):
+      np.testing.assert_array_equal(a, b)
+  other_seed = runner.run(4)
+  assert not np.array_equal(other_seed["train_loss"], whole["train_loss"])
+
+
+def test_paired_seeds_share_init_and_batches(tiny):
+  a = train.Runner(configs.MNIST, "sgd", tiny, 1, batch_size=8)
+  b = train.Runner(configs.MNIST, "adagrad+layer", tiny, 1, batch_size=8)
+  sa, sb = a.init(5), b.init(5)
+  np.testing.assert_array_equal(sa.order, sb.order)
+  for x, y in zip(jax.tree.leaves(sa.seed.params), jax.tree.leaves(sb.seed.params)):
+    np.testing.assert_array_equal(x, y)
+  order = train.make_order(5, 64, 20, 8)  # 160 draws: every epoch is a permutation
+  assert sorted(order.ravel()[:64]) == list(range(64))
+
+
+def test_cli_end_to_end_and_report(tmp_path, monkeypatch):
+  import reproduce
+  from test_examples_data import write_idx_folder
+
+  write_idx_folder(tmp_path / "idx", n_train=60000, n_test=10000, gz=False)
+  out = tmp_path / "out"
+  argv = ["--dataset", "mnist", "--data-dir", str(tmp_path / "idx"), "--methods",
+          "sgd,sgd+layer", "--seeds", "2", "--iters", "20", "--batch-size", "8",
+          "--out", str(out), "--no-progress"]
+  results = reproduce.main(argv)
+  assert results["sgd+layer"]["test_error"].shape == (2, 1)
+  table = (out / "table.md").read_text()
+  assert "| sgd+layer |" in table and "over 2 seeds" in table and "(wins/seeds)" in table
+  saved = json.loads((out / "results.json").read_text())
+  assert saved["config"]["seeds_done"] == [0, 1]
+  assert len(saved["methods"]["sgd"]["factor"]) == 2
+  rows = (out / "test_error.csv").read_text().splitlines()
+  assert rows[0] == "method,seed,iteration,test_error" and len(rows) == 1 + 2 * 2
+  for png in ("test_error.png", "effective_lr.png"):
+    assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # A second call finds every run done and reproduces the same table without training.
+  monkeypatch.setattr(train.Runner, "run", lambda *a, **k: pytest.fail("retrained"))
+  reproduce.main(argv)
+  assert (out / "table.md").read_text() == table
+
+
+def test_cli_workers_match_one_process(tmp_path):
+  """--workers 2 trains seeds in two single-threaded processes and reports all of them."""
+  import reproduce
+  from test_examples_data import write_idx_folder
+
+  write_idx_folder(tmp_path / "idx", n_train=60000, n_test=10000, gz=False)
+  common = ["--dataset", "mnist", "--data-dir", str(tmp_path / "idx"), "--methods", "sgd+layer",
+            "--seeds", "2", "--iters", "6", "--batch-size", "8", "--no-progress", "--no-plots"]
+  one = reproduce.main(common + ["--out", str(tmp_path / "one")])
+  two = reproduce.main(common + ["--out", str(tmp_path / "two"), "--workers", "2"])
+  assert sorted(p.name for p in (tmp_path / "two" / "runs").iterdir()) == [
+      "sgd+layer_seed0.npz", "sgd+layer_seed1.npz"]
+  assert [(tmp_path / "two" / "progress" / f"worker{w}.txt").read_text() for w in (0, 1)] == [
+      "6", "6"]
+  for key in ("train_loss", "factor", "test_error"):
+    np.testing.assert_allclose(two["sgd+layer"][key], one["sgd+layer"][key], rtol=1e-5)
+  saved = json.loads((tmp_path / "two" / "results.json").read_text())
+  assert saved["config"]["seeds_done"] == [0, 1]
