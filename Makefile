@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 # The paper's MNIST protocol on Fashion-MNIST, six methods: 3 seeds x 1,000 iterations
 # (about 15 minutes on 2 CPU cores); `make demo-full` is the paper's 10 seeds x 2,000.
