@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
       Path(args.progress_file).write_text(str(counter["n"]))
   done: dict[str, list[dict]] = {m: [] for m in methods}
   bar = None
-  if not args.no_progress:
+  if not args.no_progress and args.workers == 1:  # workers: their bar was shown above
     from tqdm import tqdm
     bar = tqdm(total=len(seeds) * len(methods) * args.iters, unit="it", smoothing=0.05)
   md = ""
