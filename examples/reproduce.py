@@ -34,8 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paper import configs, data, report, train  # noqa: E402
 
-RUN_KEYS = ("test_error", "train_loss", "grad_norm", "factor", "effective_lr")
-
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -68,15 +66,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
-SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-
-
 def run_workers(args: argparse.Namespace, argv: list[str], seeds: list[int], n_runs: int,
                 out: Path) -> None:
   """Trains ``seeds`` in ``args.workers`` child processes; one progress bar for all."""
   progress_dir = out / "progress"
   progress_dir.mkdir(parents=True, exist_ok=True)
-  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD))
+  flags = os.environ.get("XLA_FLAGS", "") + " " + train.SINGLE_THREAD_XLA
+  env = dict(os.environ, XLA_FLAGS=flags)
   procs = []
   for w in range(args.workers):
     mine = seeds[w::args.workers]
@@ -174,7 +170,7 @@ def main(argv=None) -> dict:
       progress = bar.update if bar is not None else (count if args.progress_file else None)
       r = runners[m].run(seed, ckpt, args.checkpoint_every, progress=progress)
       path.parent.mkdir(parents=True, exist_ok=True)
-      np.savez(path, seed=seed, wall_s=r["wall_s"], **{k: r[k] for k in RUN_KEYS})
+      np.savez(path, seed=seed, wall_s=r["wall_s"], **{k: r[k] for k in train.RUN_KEYS})
       ckpt.unlink(missing_ok=True)
       done[m].append(load_run(path))
       if args.progress_file:

@@ -221,8 +221,7 @@ def load_dataset(name: str = "fashion_mnist"):
 
 
 MAIN_RUN = ROOT / "results" / "fashion_mnist"
-SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-RUN_KEYS = ("test_error", "train_loss", "grad_norm", "factor", "effective_lr")
+from paper.train import RUN_KEYS, SINGLE_THREAD_XLA  # noqa: E402
 
 
 def with_base_lr(protocol, method: str, base_lr: float | None):
@@ -241,8 +240,9 @@ def with_base_lr(protocol, method: str, base_lr: float | None):
 
 def eval_iters(protocol, iters: int) -> list[int]:
   """The harness's evaluation iterations of a run of ``iters`` (train.Runner's rule)."""
-  evals = [k for k in protocol.eval_iters if k <= iters]
-  return evals if iters in evals else evals + [iters]
+  from paper import train as train_lib
+
+  return list(train_lib.eval_points(protocol, iters))
 
 
 def layer_names(protocol, layers: Any, num_classes: int = 10) -> list[str]:
@@ -359,7 +359,7 @@ def train_runs(protocol, dataset, configs: dict, seeds: int, iters: int, workers
       collect(task, _run_seed(*task[1:4], iters, task[4], dataset))
   else:
     old = os.environ.get("XLA_FLAGS")
-    os.environ["XLA_FLAGS"] = ((old + " ") if old else "") + SINGLE_THREAD
+    os.environ["XLA_FLAGS"] = ((old + " ") if old else "") + SINGLE_THREAD_XLA
     try:
       with concurrent.futures.ProcessPoolExecutor(
           workers, mp_context=multiprocessing.get_context("spawn"),

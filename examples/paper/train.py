@@ -66,6 +66,18 @@ class TrainState(NamedTuple):
   key: jax.Array  # (2,) uint32 dropout key data
 
 
+# The per-seed curves a run returns and reproduce.py saves.
+RUN_KEYS = ("test_error", "train_loss", "grad_norm", "factor", "effective_lr")
+# XLA:CPU flags for a single-threaded worker process (two of them beat one 2-thread process).
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def eval_points(protocol: Protocol, iters: int) -> tuple[int, ...]:
+  """The protocol's evaluation iterations up to ``iters``, and ``iters`` itself."""
+  evals = [k for k in protocol.eval_iters if k <= iters]
+  return tuple(evals if iters in evals else evals + [iters])
+
+
 @dataclasses.dataclass
 class Setup:
   """The static pieces of one run: model, optimizer, recorder and data on device."""
@@ -210,8 +222,11 @@ class Runner:
                batch_size: int | None = None, model_kwargs: dict | None = None):
     self.protocol, self.method, self.iters = protocol, method, iters
     self.batch = batch_size or protocol.batch_size
-    evals = [k for k in (eval_iters or protocol.eval_iters) if k <= iters]
-    self.eval_iters = tuple(evals if iters in evals else evals + [iters])
+    if eval_iters is None:
+      self.eval_iters = eval_points(protocol, iters)
+    else:
+      evals = [k for k in eval_iters if k <= iters]
+      self.eval_iters = tuple(evals if iters in evals else evals + [iters])
     self.setup = setup = build_setup(protocol, method, dataset, layers, model_kwargs)
     step_fn = make_train_step(setup.model, setup.tx, setup.record)
     eval_fn = make_eval(setup.model)
@@ -269,8 +284,7 @@ class Runner:
 
 def stack_runs(runs: list[dict]) -> dict:
   """Stacks per-seed results along a leading seed axis."""
-  out = {k: np.stack([r[k] for r in runs]) for k in
-         ("test_error", "train_loss", "grad_norm", "factor", "effective_lr")}
+  out = {k: np.stack([r[k] for r in runs]) for k in RUN_KEYS}
   out["seeds"] = [r["seed"] for r in runs]
   out["wall_s"] = float(sum(r["wall_s"] for r in runs))
   return out
