@@ -18,6 +18,8 @@ Numerics:
   below about 1e-19 in magnitude has squares that underflow to zero and is treated the same.
 * A sum of squares that overflows to inf (entries above about 1e19 in float32) gives
   ``1/inf = 0`` and factor 1, which is also the exact factor rounded to float32.
+* float32 subnormal entries (below 1.2e-38) are flushed to zero by XLA on CPU and GPU, as
+  in any XLA computation (``optax.sgd`` flushes them too): their scaled update is 0.
 * NaN in a layer makes its factor 1 and leaves the NaN in the update, so
   ``optax.apply_if_finite`` still sees it.
 
