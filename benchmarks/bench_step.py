@@ -2,10 +2,18 @@
 
 Each measured step is ``update`` plus ``optax.apply_updates`` under ``jax.jit`` with the
 parameters and optimizer state donated. Within each repetition every method of a tree runs
-once (in a rotating order), so slow phases of a shared machine hit all methods alike; the
-figures are medians over repetitions and ratios are ours / optax. ``optax A/A`` times a
-second, separately compiled ``optax.sgd`` against the first: its distance from 1.00 is the
-noise floor of the run.
+once, in a shuffled order, so slow phases of a shared machine hit all methods alike; a
+ratio is the median over repetitions of (ours / optax) within the same repetition.
+
+Every method of a tree streams through the same memory: the parameters, and the
+optimizer states of each family (momentum, AdaGrad), live in one set of buffers that each
+donated step hands on to the next. With separate buffers per method the position of a
+method's buffers in memory decided its speed on this VM: a second, identical
+``optax.sgd`` allocated last ran 1.2-1.4x slower than the first on the 4x4096^2 tree, and
+1.00x when allocated second. ``optax A/A`` (a second, separately compiled ``optax.sgd``)
+checks this: its distance from 1.00 is the noise floor of the run. ``norm pass only``
+times the per-layer sums of squares alone: one extra read of the gradients, the least
+any layer-wise factor must add to the update (see docs/performance.md).
 
 Usage (from the repository root)::
 
@@ -24,6 +32,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import re
 import statistics
 import sys
@@ -133,7 +142,23 @@ def methods() -> list[tuple[str, optax.GradientTransformation, str | None]]:
       ("ours adagrad eq.12", lo.adagrad(LR), "optax adagrad"),
       ("optax lars", optax.lars(LR, momentum=MOMENTUM), "optax sgd"),
       ("optax A/A", optax.sgd(LR, MOMENTUM), "optax sgd"),
+      ("norm pass only", norm_pass(), "optax sgd"),
   ]
+
+
+_NORMS_ONLY = "norms only"
+
+
+def norm_pass() -> optax.GradientTransformation:
+  """Only the layer-wise factor's extra work: each layer's sum of squares (no update).
+
+  Its step is ``apply_updates`` of zero-size work plus one read of the gradients, so its
+  time over ``optax.sgd``'s is the memory-bound floor of the factor's overhead."""
+  def update_fn(updates, state, params=None):
+    del params
+    sums = lo.layer_factors(updates)
+    return {_NORMS_ONLY: jnp.stack([f.norm for f in sums.values()])}, state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def target(name: str, tree_name: str) -> float | None:
@@ -149,6 +174,8 @@ def optimizer_step(tx: optax.GradientTransformation) -> Callable:
   """``jit(update + apply_updates)`` with parameters and state donated."""
   def step(params, state, grads):
     updates, state = tx.update(grads, state, params)
+    if isinstance(updates, dict) and _NORMS_ONLY in updates:  # norm_pass(): no update
+      return params, state, updates[_NORMS_ONLY]
     return optax.apply_updates(params, updates), state
   return jax.jit(step, donate_argnums=(0, 1))
 
@@ -192,28 +219,63 @@ def n_compiles(log: list[tuple[str, float]]) -> int:
 # ---------------------------------------------------------------------------------------------
 # Timing.
 
-def time_interleaved(runners: dict[str, Callable[[], None]], reps: int) -> dict[str, list]:
-  """Seconds per call of each runner; every repetition calls each once, rotating the order."""
+def time_interleaved(runners: dict[str, Callable[[], None]], reps: int,
+                     seed: int = 0) -> dict[str, list]:
+  """Seconds per call of each runner; every repetition calls each once, in a shuffled order."""
   names = list(runners)
   times: dict[str, list[float]] = {n: [] for n in names}
-  for r in range(reps):
-    k = r % len(names)
-    for n in names[k:] + names[:k]:
+  rng = random.Random(seed)
+  for _ in range(reps):
+    for n in rng.sample(names, len(names)):
       t0 = time.perf_counter()
       runners[n]()
       times[n].append(time.perf_counter() - t0)
   return times
 
 
-def _stateful_runner(step: Callable, params: Any, state: Any, *args: Any) -> Callable:
-  """A closure that runs one donated step and keeps the new parameters and state."""
-  box = [params, state]
+def paired_ratio(times: list[float], base_times: list[float]) -> float:
+  """Median over repetitions of the ratio of two methods' times in the same repetition."""
+  return statistics.median(t / b for t, b in zip(times, base_times))
 
-  def run():
-    out = step(box[0], box[1], *args)
-    jax.block_until_ready(out)
-    box[0], box[1] = out[0], out[-1]
-  return run
+
+class SharedBuffers:
+  """Parameter-sized buffers that every method of a tree streams through in turn.
+
+  ``params`` holds the parameters' leaves; ``states[family]`` the parameter-shaped leaves
+  of one optimizer family's state (momentum traces, AdaGrad sums), in parameter order.
+  Each donated step writes its outputs into the buffers it read (XLA aliases donated
+  inputs), and the runner puts them back here for the next method."""
+
+  def __init__(self, params: Any):
+    self.params_def = jax.tree.structure(params)
+    self.params = jax.tree.leaves(params)
+    self.states: dict[str, list] = {}
+
+  def runner(self, step: Callable, tx: optax.GradientTransformation, family: str,
+             grads: Any) -> Callable:
+    """A closure that runs one donated step of ``tx`` on the shared buffers."""
+    own, state_def = jax.tree.flatten(tx.init(jax.tree.unflatten(self.params_def,
+                                                                  self.params)))
+    shapes = [(p.shape, p.dtype) for p in self.params]
+    slots, k = [], 0  # indices of the state leaves that are parameter-shaped, in order
+    for i, leaf in enumerate(own):
+      if k < len(shapes) and (leaf.shape, leaf.dtype) == shapes[k]:
+        slots.append(i)
+        k += 1
+    pool = self.states.setdefault(family, [own[i] for i in slots]) if slots else []
+    if [(own[i].shape, own[i].dtype) for i in slots] != [(p.shape, p.dtype) for p in pool]:
+      raise ValueError(f"{family}: state shapes differ within the family")
+
+    def run():
+      for i, buf in zip(slots, pool):
+        own[i] = buf
+      out = step(jax.tree.unflatten(self.params_def, self.params),
+                 jax.tree.unflatten(state_def, own), grads)
+      jax.block_until_ready(out)
+      self.params[:] = jax.tree.leaves(out[0])
+      own[:] = jax.tree.leaves(out[1])
+      pool[:] = [own[i] for i in slots]
+    return run
 
 
 def fit_reps(runners: dict[str, Callable[[], None]], reps: int, budget_s: float) -> int:
@@ -228,16 +290,16 @@ def fit_reps(runners: dict[str, Callable[[], None]], reps: int, budget_s: float)
 def bench_tree(tree_name: str, shapes: Any, reps: int, budget_s: float = 1e9) -> list[dict]:
   """Optimizer-step rows for one tree."""
   grads = materialise(shapes, seed=1, scale=1e-2)
+  buffers = SharedBuffers(materialise(shapes, seed=0))
   runners, rows = {}, {}
   for name, tx, base in methods():
-    params = materialise(shapes, seed=0)
-    state = tx.init(params)
     step = optimizer_step(tx)
+    family = base or name  # a method shares its baseline's state buffers
+    runners[name] = buffers.runner(step, tx, family, grads)
     with compile_log() as log:
       t0 = time.perf_counter()
-      params, state = jax.block_until_ready(step(params, state, grads))
+      runners[name]()
       first = time.perf_counter() - t0
-    runners[name] = _stateful_runner(step, params, state, grads)
     rows[name] = dict(tree=tree_name, method=name, baseline=base,
                       compile_s=sum(d for _, d in log), first_call_s=first,
                       state_bytes=state_bytes(tx, shapes), step=step,
@@ -245,17 +307,23 @@ def bench_tree(tree_name: str, shapes: Any, reps: int, budget_s: float = 1e9) ->
   with compile_log() as log:
     reps = fit_reps(runners, reps, budget_s)
     times = time_interleaved(runners, reps)
-  recompiles = n_compiles(log)
+  return _finish_rows(rows, times, n_compiles(log), reps)
+
+
+def _finish_rows(rows: dict[str, dict], times: dict[str, list], recompiles: int,
+                 reps: int) -> list[dict]:
+  """Adds medians, raw times, compile counts and paired ratios to each row."""
   for name, row in rows.items():
     row["median_ms"] = 1e3 * statistics.median(times[name])
     row["times_ms"] = [1e3 * t for t in times[name]]
     row["cache_size"] = row.pop("step")._cache_size()
     row["recompiles"] = recompiles
     row["reps"] = reps
-  for row in rows.values():
-    base = rows.get(row["baseline"]) if row["baseline"] else None
-    row["ratio"] = row["median_ms"] / base["median_ms"] if base else None
-    row["base_state_bytes"] = base["state_bytes"] if base else None
+  for name, row in rows.items():
+    base = row["baseline"]
+    row["ratio"] = paired_ratio(times[name], times[base]) if base else None
+    if "state_bytes" in row:
+      row["base_state_bytes"] = rows[base]["state_bytes"] if base else None
   return list(rows.values())
 
 
@@ -282,7 +350,7 @@ def bench_training(model_name: str, reps: int, budget_s: float = 1e9,
 
   model, params0, (x, y) = training_setup(model_name, batch=batch)
 
-  def loss_fn(params):
+  def loss_fn(params, x, y):
     logits = model.apply({"params": params}, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
@@ -291,18 +359,17 @@ def bench_training(model_name: str, reps: int, budget_s: float = 1e9,
            ("optax adagrad", optax.adagrad(LR), None),
            ("ours adagrad eq.12", lo.adagrad(LR), "optax adagrad"),
            ("optax A/A", optax.sgd(LR, MOMENTUM), "optax sgd")]
+  buffers = SharedBuffers(params0)
   runners, rows = {}, {}
   for name, tx, base in pairs:
-    def step(params, state, tx=tx):
-      loss, grads = jax.value_and_grad(loss_fn)(params)
+    def step(params, state, batch, tx=tx):
+      loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
       updates, state = tx.update(grads, state, params)
-      return optax.apply_updates(params, updates), loss, state
+      return optax.apply_updates(params, updates), state, loss
     step = jax.jit(step, donate_argnums=(0, 1))
-    params = jax.tree.map(jnp.copy, params0)
-    state = tx.init(params)
+    runners[name] = buffers.runner(step, tx, base or name, (x, y))
     with compile_log() as log:
-      params, _, state = jax.block_until_ready(step(params, state))
-    runners[name] = _stateful_runner(step, params, state)
+      runners[name]()
     rows[name] = dict(tree=f"{model_name} train step (batch {x.shape[0]})", method=name,
                       baseline=base,
                       compile_s=sum(d for _, d in log), step=step,
@@ -310,16 +377,7 @@ def bench_training(model_name: str, reps: int, budget_s: float = 1e9,
   with compile_log() as log:
     reps = fit_reps(runners, reps, budget_s)
     times = time_interleaved(runners, reps)
-  for name, row in rows.items():
-    row["median_ms"] = 1e3 * statistics.median(times[name])
-    row["times_ms"] = [1e3 * t for t in times[name]]
-    row["cache_size"] = row.pop("step")._cache_size()
-    row["recompiles"] = n_compiles(log)
-    row["reps"] = reps
-  for row in rows.values():
-    base = rows.get(row["baseline"]) if row["baseline"] else None
-    row["ratio"] = row["median_ms"] / base["median_ms"] if base else None
-  return list(rows.values())
+  return _finish_rows(rows, times, n_compiles(log), reps)
 
 
 # ---------------------------------------------------------------------------------------------

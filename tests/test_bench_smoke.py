@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step.py"
@@ -22,6 +23,32 @@ def _tiny_tree(bench):
   tree = bench.big_tree(2, 32)
   tree.update(bench.lenet_tree())
   return tree
+
+
+def test_methods_stream_through_the_same_buffers(bench):
+  shapes = bench.big_tree(2, 8)
+  grads = bench.materialise(shapes, 1)
+  buffers = bench.SharedBuffers(bench.materialise(shapes, 0))
+  by_name = {name: tx for name, tx, _ in bench.methods()}
+  optax_sgd, ours_sgd, adagrad = (by_name[n] for n in ("optax sgd", "ours sgd",
+                                                       "optax adagrad"))
+  runs = [buffers.runner(bench.optimizer_step(tx), tx, family, grads)
+          for tx, family in ((optax_sgd, "sgd"), (ours_sgd, "sgd"), (adagrad, "adagrad"))]
+  runs[0]()
+  params = [p.unsafe_buffer_pointer() for p in buffers.params]
+  trace = [m.unsafe_buffer_pointer() for m in buffers.states["sgd"]]
+  before = [np.array(p, copy=True) for p in buffers.params]  # a view would pin the buffer
+  for run in runs[1:] + runs[:1]:
+    run()
+  # Donated steps wrote in place: the same memory, holding the updated parameters.
+  assert [p.unsafe_buffer_pointer() for p in buffers.params] == params
+  assert [m.unsafe_buffer_pointer() for m in buffers.states["sgd"]] == trace
+  assert set(buffers.states) == {"sgd", "adagrad"}
+  assert all(not np.array_equal(a, np.array(b, copy=True)) for a, b in zip(before, buffers.params))
+
+
+def test_paired_ratio_is_the_median_of_per_repetition_ratios(bench):
+  assert bench.paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
 
 
 def test_bench_tree_ratios_state_and_recompiles(bench):
