@@ -17,7 +17,7 @@ any layer-wise factor must add to the update (see docs/performance.md).
 
 Usage (from the repository root)::
 
-  python benchmarks/bench_step.py            # default run, ~6 minutes on 2 CPU cores
+  python benchmarks/bench_step.py            # default run, ~8 minutes on 2 CPU cores
   python benchmarks/bench_step.py --quick    # tiny trees, a few repetitions (< 1 minute)
   python benchmarks/bench_step.py --json out.json --hlo   # + fusion counts, raw times
 
