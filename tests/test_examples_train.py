@@ -142,7 +142,7 @@ def test_cli_end_to_end_and_report(tmp_path, monkeypatch):
     assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   # A second call finds every run done and reproduces the same table without training.
   monkeypatch.setattr(train.Runner, "run", lambda *a, **k: pytest.fail("retrained"))
-  reproduce.main(argv)
+  reproduce.main(argv + ["--no-plots"])
   assert (out / "table.md").read_text() == table
 
 

@@ -19,7 +19,9 @@ ITERS = 4
 
 def test_train_mesh_dp_and_fsdp_match_one_device():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # the example sets the device count itself
+  # The example sets the device count itself; other flags (conftest's) pass through.
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if "device_count" not in f)
   proc = subprocess.run(
       [sys.executable, str(ROOT / "examples" / "train_mesh.py"), "--devices", "8",
        "--mode", "both", "--iters", str(ITERS), "--batch", "16", "--synthetic",

@@ -31,6 +31,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -90,11 +91,18 @@ class Setup:
   train_y: jax.Array
   test_x: jax.Array
   test_y: jax.Array
-  init_params: Any = None  # jitted model.init, compiled once per setup
+  init_params: Any = None  # jitted model.init, shared by every setup of an equal model
 
   def __post_init__(self):
     if self.init_params is None:
-      self.init_params = jax.jit(self.model.init)
+      self.init_params = jitted_init(self.model)
+
+
+@functools.cache
+def jitted_init(model) -> Any:
+  """``jax.jit(model.init)``, compiled once per model configuration (Flax modules are
+  hashable), so the methods of a comparison share one compiled initialiser."""
+  return jax.jit(model.init)
 
 
 def make_order(seed: int, n_train: int, iters: int, batch: int) -> np.ndarray:
