@@ -44,7 +44,8 @@ data:
 # results/bench/ were made the same way.
 bench: $(VENV)/.installed
 	mkdir -p runs/bench
-	$(PY) benchmarks/bench_step.py --hlo --json runs/bench/cpu.json | tee runs/bench/cpu.md
+	bash -o pipefail -c '$(PY) benchmarks/bench_step.py --hlo --json runs/bench/cpu.json \
+	  | tee runs/bench/cpu.md'
 
 clean:
 	rm -rf $(VENV) .pytest_cache
