@@ -38,7 +38,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -130,35 +130,48 @@ def n_params(tree: Any) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Methods: (name, optimizer, baseline name or None, target ratio on large trees, on LeNet).
+# Methods.
 
-def methods() -> list[tuple[str, optax.GradientTransformation, str | None]]:
+def optimizer_step(tx: optax.GradientTransformation) -> Callable:
+  """``jit(update + apply_updates)`` with parameters and state donated."""
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def norm_pass_step(tx: optax.GradientTransformation) -> Callable:
+  """Only the layer-wise factor's extra work: each layer's norm, no update (``tx`` unused).
+
+  One read of the gradients, so its time over ``optax.sgd``'s step is the memory-bound
+  floor of the factor's overhead. Same signature and donation as :func:`optimizer_step`."""
+  del tx
+
+  def step(params, state, grads):
+    norms = jnp.stack([f.norm for f in lo.layer_factors(grads).values()])
+    return params, state, norms
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+class Method(NamedTuple):
+  name: str
+  tx: optax.GradientTransformation
+  baseline: str | None  # the method its ratio is taken against
+  make_step: Callable[[optax.GradientTransformation], Callable] = optimizer_step
+
+
+def methods() -> list[Method]:
   return [
-      ("optax sgd", optax.sgd(LR, MOMENTUM), None),
-      ("ours sgd", lo.sgd(LR, MOMENTUM), "optax sgd"),
-      ("optax nesterov", optax.sgd(LR, MOMENTUM, nesterov=True), None),
-      ("ours nesterov", lo.sgd(LR, MOMENTUM, nesterov=True), "optax nesterov"),
-      ("optax adagrad", optax.adagrad(LR), None),
-      ("ours adagrad eq.12", lo.adagrad(LR), "optax adagrad"),
-      ("optax lars", optax.lars(LR, momentum=MOMENTUM), "optax sgd"),
-      ("optax A/A", optax.sgd(LR, MOMENTUM), "optax sgd"),
-      ("norm pass only", norm_pass(), "optax sgd"),
+      Method("optax sgd", optax.sgd(LR, MOMENTUM), None),
+      Method("ours sgd", lo.sgd(LR, MOMENTUM), "optax sgd"),
+      Method("optax nesterov", optax.sgd(LR, MOMENTUM, nesterov=True), None),
+      Method("ours nesterov", lo.sgd(LR, MOMENTUM, nesterov=True), "optax nesterov"),
+      Method("optax adagrad", optax.adagrad(LR), None),
+      Method("ours adagrad eq.12", lo.adagrad(LR), "optax adagrad"),
+      Method("optax lars", optax.lars(LR, momentum=MOMENTUM), "optax sgd"),
+      Method("optax A/A", optax.sgd(LR, MOMENTUM), "optax sgd"),
+      Method("norm pass only", optax.identity(), "optax sgd", norm_pass_step),
   ]
-
-
-_NORMS_ONLY = "norms only"
-
-
-def norm_pass() -> optax.GradientTransformation:
-  """Only the layer-wise factor's extra work: each layer's sum of squares (no update).
-
-  Its step is ``apply_updates`` of zero-size work plus one read of the gradients, so its
-  time over ``optax.sgd``'s is the memory-bound floor of the factor's overhead."""
-  def update_fn(updates, state, params=None):
-    del params
-    sums = lo.layer_factors(updates)
-    return {_NORMS_ONLY: jnp.stack([f.norm for f in sums.values()])}, state
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def target(name: str, tree_name: str) -> float | None:
@@ -168,16 +181,6 @@ def target(name: str, tree_name: str) -> float | None:
   if name == "ours adagrad eq.12":
     return 1.25
   return None
-
-
-def optimizer_step(tx: optax.GradientTransformation) -> Callable:
-  """``jit(update + apply_updates)`` with parameters and state donated."""
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    if isinstance(updates, dict) and _NORMS_ONLY in updates:  # norm_pass(): no update
-      return params, state, updates[_NORMS_ONLY]
-    return optax.apply_updates(params, updates), state
-  return jax.jit(step, donate_argnums=(0, 1))
 
 
 def state_bytes(tx: optax.GradientTransformation, shapes: Any) -> int:
@@ -292,8 +295,8 @@ def bench_tree(tree_name: str, shapes: Any, reps: int, budget_s: float = 1e9) ->
   grads = materialise(shapes, seed=1, scale=1e-2)
   buffers = SharedBuffers(materialise(shapes, seed=0))
   runners, rows = {}, {}
-  for name, tx, base in methods():
-    step = optimizer_step(tx)
+  for name, tx, base, make_step in methods():
+    step = make_step(tx)
     family = base or name  # a method shares its baseline's state buffers
     runners[name] = buffers.runner(step, tx, family, grads)
     with compile_log() as log:
@@ -386,13 +389,15 @@ def bench_training(model_name: str, reps: int, budget_s: float = 1e9,
 _TRIVIAL = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
 
 
-def optimized_hlo(tx: optax.GradientTransformation, shapes: Any) -> str:
-  """The optimized HLO text of one step (update + apply_updates) for these shapes."""
+def optimized_hlo(tx: optax.GradientTransformation, shapes: Any,
+                  make_step: Callable = optimizer_step) -> str:
+  """The optimized HLO text of one step (by default update + apply_updates)."""
   state = jax.eval_shape(tx.init, shapes)
-  return optimizer_step(tx).lower(shapes, state, shapes).compile().as_text()
+  return make_step(tx).lower(shapes, state, shapes).compile().as_text()
 
 
-def hlo_summary(tx: optax.GradientTransformation, shapes: Any) -> dict[str, int]:
+def hlo_summary(tx: optax.GradientTransformation, shapes: Any,
+                make_step: Callable = optimizer_step) -> dict[str, int]:
   """What one optimized step launches: each non-trivial op of the entry computation is one
   kernel (XLA:CPU: one thunk; GPU: one launch, before any horizontal fusion).
 
@@ -402,7 +407,7 @@ def hlo_summary(tx: optax.GradientTransformation, shapes: Any) -> dict[str, int]
   bookkeeping, e.g. adding a kernel's and a bias's sums); ``full_size``: kernels whose
   result has as many elements as some parameter array with more than 1024 elements.
   """
-  text = optimized_hlo(tx, shapes)
+  text = optimized_hlo(tx, shapes, make_step)
   entry = text[text.index("\nENTRY"):]
   comps = dict(re.findall(r"^%?(\S+) \(.*?\{\n(.*?)\n\}", text, flags=re.M | re.S))
   big = {int(np.prod(x.shape)) for x in jax.tree.leaves(shapes) if np.prod(x.shape) > 1024}
@@ -431,10 +436,10 @@ def hlo_report(shapes: Any) -> list[str]:
   """A markdown table of :func:`hlo_summary` for every method on ``shapes``."""
   keys = ("kernels", "fusions", "reductions", "scalar", "full_size")
   lines = ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-  for name, tx, _ in methods():
+  for name, tx, _, make_step in methods():
     if name == "optax A/A":
       continue
-    h = hlo_summary(tx, shapes)
+    h = hlo_summary(tx, shapes, make_step)
     lines.append(f"| {name} | " + " | ".join(str(h[k]) for k in keys) + " |")
   return lines
 
@@ -487,10 +492,15 @@ def main(argv: list[str] | None = None) -> int:
                   help="most repetitions per tree (default 41; quick 5)")
   ap.add_argument("--budget", type=float, default=None,
                   help="seconds of timing per tree or network (default 25; quick 1)")
-  ap.add_argument("--trees", default=None, help="comma-separated subset of tree names")
+  ap.add_argument("--trees", default=None,
+                  help="comma-separated subset of tree names ('' for none)")
+  ap.add_argument("--train-models", default=None,
+                  help="networks for the training-step overhead (default lenet,cifar10_full; "
+                       "quick lenet)")
   ap.add_argument("--no-train", action="store_true", help="skip the training-step overhead")
   ap.add_argument("--hlo", action="store_true",
-                  help="also count the kernels of one step on the ResNet-50 tree")
+                  help="also count the kernels of one step on the ResNet-50 tree and on one "
+                       "bfloat16 1024x1024 array")
   ap.add_argument("--json", default=None, help="write all rows (with raw times) here")
   args = ap.parse_args(argv)
   reps = args.reps or (5 if args.quick else 41)
@@ -501,31 +511,34 @@ def main(argv: list[str] | None = None) -> int:
         "ours / optax of median step times; update + apply_updates, jit, donated")
   rows: list[dict] = []
   all_trees = trees(args.quick)
-  chosen = args.trees.split(",") if args.trees else list(all_trees)
+  chosen = list(all_trees) if args.trees is None else [t for t in args.trees.split(",") if t]
   for tree_name in chosen:
     shapes = all_trees[tree_name]
     t0 = time.perf_counter()
     rows += bench_tree(tree_name, shapes, reps, budget)
     print(f"# {tree_name}: {len(jax.tree.leaves(shapes))} arrays, {n_params(shapes):,} "
           f"parameters, {rows[-1]['reps']} reps, {time.perf_counter() - t0:.0f} s", flush=True)
+  models = args.train_models or ("lenet" if args.quick else "lenet,cifar10_full")
   if not args.no_train:
-    for model_name in ("lenet",) if args.quick else ("lenet", "cifar10_full"):
+    for model_name in models.split(","):
       t0 = time.perf_counter()
       rows += bench_training(model_name, reps, budget, batch=8 if args.quick else None)
       print(f"# {model_name} training: {rows[-1]['reps']} reps, "
             f"{time.perf_counter() - t0:.0f} s", flush=True)
   print("\n".join(table(rows)))
-  hlo = None
+  hlo = {}
   if args.hlo:
-    shapes = resnet50_tree()
-    print(f"\n# Kernels of one optimized step on the ResNet-50 tree "
-          f"({len(jax.tree.leaves(shapes))} arrays), backend {jax.default_backend()}:")
-    hlo = hlo_report(shapes)
-    print("\n".join(hlo))
+    for key, title, shapes in (
+        ("resnet50", "the ResNet-50 tree (161 arrays)", resnet50_tree()),
+        ("bf16_1024", "one bfloat16 1024x1024 array", big_tree(1, 1024, jnp.bfloat16))):
+      print(f"\n# Kernels of one optimized step on {title}, "
+            f"backend {jax.default_backend()}:")
+      hlo[key] = hlo_report(shapes)
+      print("\n".join(hlo[key]))
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"machine": machine(), "reps": reps, "budget_s": budget, "rows": rows,
-                 "hlo_resnet50": hlo}, f, indent=1)
+                 "hlo": hlo}, f, indent=1)
   s = summary(rows)
   print(f"# targets missed: {s['missed']}; added state: {s['added_state']}; "
         f"recompiles: {s['recompiled']}; A/A noise floor: {s['aa']}")

@@ -33,7 +33,7 @@ def test_methods_stream_through_the_same_buffers(bench):
   shapes = bench.big_tree(2, 8)
   grads = bench.materialise(shapes, 1)
   buffers = bench.SharedBuffers(bench.materialise(shapes, 0))
-  by_name = {name: tx for name, tx, _ in bench.methods()}
+  by_name = {m.name: m.tx for m in bench.methods()}
   optax_sgd, ours_sgd, adagrad = (by_name[n] for n in ("optax sgd", "ours sgd",
                                                        "optax adagrad"))
   runs = [buffers.runner(bench.optimizer_step(tx), tx, family, grads)
@@ -58,7 +58,7 @@ def test_paired_ratio_is_the_median_of_per_repetition_ratios(bench):
 def test_bench_tree_ratios_state_and_recompiles(bench):
   rows = bench.bench_tree("tiny", _tiny_tree(bench), reps=5)
   by_method = {r["method"]: r for r in rows}
-  assert set(by_method) == {name for name, _, _ in bench.methods()}
+  assert set(by_method) == {m.name for m in bench.methods()}
   for r in rows:
     assert r["median_ms"] > 0 and len(r["times_ms"]) == r["reps"] == 5
     assert r["recompiles"] == 0 and r["cache_size"] == 1
@@ -74,7 +74,7 @@ def test_bench_tree_ratios_state_and_recompiles(bench):
 
 
 def test_recompile_is_detected(bench):
-  tx = bench.methods()[1][1]
+  tx = bench.methods()[1].tx
   step = bench.optimizer_step(tx)
   shapes = bench.big_tree(1, 8)
   params = bench.materialise(shapes, 0)
@@ -95,13 +95,16 @@ def test_recompile_is_detected(bench):
 
 def test_hlo_summary_counts_the_norm_pass(bench):
   shapes = _tiny_tree(bench)
-  optax_sgd, ours_sgd = bench.methods()[0][1], bench.methods()[1][1]
+  optax_sgd, ours_sgd = bench.methods()[0].tx, bench.methods()[1].tx
   base, ours = bench.hlo_summary(optax_sgd, shapes), bench.hlo_summary(ours_sgd, shapes)
   n_leaves = len(jax.tree.leaves(shapes))
   assert base["kernels"] >= n_leaves and base["reductions"] == 0
   assert ours["reductions"] > 0 and ours["kernels"] > base["kernels"]
   # The update passes are the same: no extra full-size pass besides the norms' reads.
   assert ours["full_size"] == base["full_size"] > 0
+  # The norm pass alone: the same reductions as ours, and nothing written at full size.
+  norms = bench.hlo_summary(bench.methods()[-1].tx, shapes, bench.norm_pass_step)
+  assert norms["reductions"] == ours["reductions"] and norms["full_size"] == 0
 
 
 def test_training_step_overhead_runs(bench):
