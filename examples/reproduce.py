@@ -28,8 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paper import configs, data, report, train  # noqa: E402
@@ -112,11 +110,6 @@ def method_list(spec: str) -> list[str]:
   return [m.strip() for m in spec.split(",") if m.strip()]
 
 
-def load_run(path: Path) -> dict:
-  with np.load(path) as f:
-    return {k: f[k] for k in f.files} | {"wall_s": float(f["wall_s"])}
-
-
 def main(argv=None) -> dict:
   args = parse_args(argv)
   protocol = configs.PROTOCOLS[args.protocol or configs.DEFAULT_PROTOCOL[args.dataset]]
@@ -151,11 +144,14 @@ def main(argv=None) -> dict:
     from tqdm import tqdm
     bar = tqdm(total=len(seeds) * len(methods) * args.iters, unit="it", smoothing=0.05)
   md = ""
+  eval_iters = list(train.eval_points(protocol, args.iters))
+  names = list(train.layer_names(protocol, args.layers, dataset.num_classes))
   for seed in seeds:
+    trained = False
     for m in methods:
       path = out / "runs" / f"{m}_seed{seed}.npz"
       if path.exists():
-        done[m].append(load_run(path))
+        done[m].append(train.load_run(path))
         if bar is not None:
           bar.update(args.iters)
         if args.progress_file:
@@ -170,21 +166,19 @@ def main(argv=None) -> dict:
       progress = bar.update if bar is not None else (count if args.progress_file else None)
       r = runners[m].run(seed, ckpt, args.checkpoint_every, progress=progress)
       path.parent.mkdir(parents=True, exist_ok=True)
-      np.savez(path, seed=seed, wall_s=r["wall_s"], **{k: r[k] for k in train.RUN_KEYS})
+      train.save_run(path, r)
       ckpt.unlink(missing_ok=True)
-      done[m].append(load_run(path))
+      done[m].append(train.load_run(path))
+      trained = True
       if args.progress_file:
         Path(args.progress_file).write_text(str(counter["n"]))
     if args.worker_seeds:
       continue  # the parent process writes the report
-    runner = next(iter(runners.values()), None) or train.Runner(
-        protocol, methods[0], dataset, args.iters, args.layers, batch_size=args.batch_size)
-    results = {}
-    for m in methods:
-      stacked = train.stack_runs([r | {"seed": int(r["seed"])} for r in done[m]])
-      names = runners[m].setup.layer_names if m in runners else runner.setup.layer_names
-      results[m] = stacked | {"eval_iters": list(runner.eval_iters), "layer_names": names}
-    config["seeds_done"] = [int(r["seed"]) for r in done[methods[0]]]
+    if not trained and seed != seeds[-1]:
+      continue  # runs loaded from disk: one report once they are all in
+    results = {m: train.stack_runs(done[m]) | {"eval_iters": eval_iters, "layer_names": names}
+               for m in methods}
+    config["seeds_done"] = [r["seed"] for r in done[methods[0]]]
     config["wall_s"] = round(time.perf_counter() - t0, 1)
     md = report.write_report(out, results, config, plots=not args.no_plots)
   if bar is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -41,13 +42,18 @@ for _path in (ROOT, ROOT / "examples"):
     sys.path.insert(0, str(_path))
 
 import optax  # noqa: E402
+from paper import configs  # noqa: E402
+from paper import data as data_lib  # noqa: E402
+from paper import methods as methods_lib  # noqa: E402
+from paper import train as train_lib  # noqa: E402
+from paper.train import SINGLE_THREAD_XLA  # noqa: E402
 
 import layerwise_optax as lw  # noqa: E402
 
 MOMENTUM = 0.9
 
 
-def split_method(method: str) -> tuple[str, bool]:
+def split_study_method(method: str) -> tuple[str, bool]:
   """'nag+layer' -> ('nag', True)."""
   base, _, suffix = method.partition("+")
   if base not in ("gd", "sgd", "nag") or suffix not in ("", "layer"):
@@ -60,7 +66,7 @@ def make_optimizer(method: str, lr: Any, layers: Any = "module") -> optax.Gradie
 
   ``lr`` may be a traced array, so one compiled run serves a whole learning-rate grid.
   """
-  base, layer = split_method(method)
+  base, layer = split_study_method(method)
   momentum = None if base == "gd" else MOMENTUM
   nesterov = base == "nag"
   if layer:
@@ -198,8 +204,6 @@ def load_fashion_mnist(n_train: int | None = None, n_test: int | None = None):
   Read with the checked IDX reader of ``examples/paper/data.py`` from Debian's
   ``/usr/share/datasets/fashion-mnist``; ``n_train``/``n_test`` keep the first examples.
   """
-  from paper import data as data_lib
-
   ds = data_lib.load_dataset("fashion_mnist")
   xtr = data_lib.preprocess(ds.train_images[:n_train]).reshape(-1, 784)
   xte = data_lib.preprocess(ds.test_images[:n_test]).reshape(-1, 784)
@@ -209,28 +213,19 @@ def load_fashion_mnist(n_train: int | None = None, n_test: int | None = None):
 
 def lenet_protocol():
   """The harness's MNIST/LeNet protocol (Caffe's ``lenet_solver``), used on Fashion-MNIST."""
-  from paper import configs
-
   return configs.MNIST
 
 
 def load_dataset(name: str = "fashion_mnist"):
-  from paper import data as data_lib
-
   return data_lib.load_dataset(name)
 
 
 MAIN_RUN = ROOT / "results" / "fashion_mnist"
-from paper.train import RUN_KEYS, SINGLE_THREAD_XLA  # noqa: E402
 
 
 def with_base_lr(protocol, method: str, base_lr: float | None):
   """``protocol`` with the base learning rate of ``method``'s solver replaced (schedule,
   momentum and weight decay stay the protocol's)."""
-  import dataclasses
-
-  from paper import methods as methods_lib
-
   if base_lr is None:
     return protocol
   base, _ = methods_lib.split_method(method)
@@ -240,16 +235,7 @@ def with_base_lr(protocol, method: str, base_lr: float | None):
 
 def eval_iters(protocol, iters: int) -> list[int]:
   """The harness's evaluation iterations of a run of ``iters`` (train.Runner's rule)."""
-  from paper import train as train_lib
-
   return list(train_lib.eval_points(protocol, iters))
-
-
-def layer_names(protocol, layers: Any, num_classes: int = 10) -> list[str]:
-  from paper import models as models_lib
-
-  model = models_lib.MODELS[protocol.model](num_classes=num_classes)
-  return list(lw.make_plan(models_lib.abstract_params(model), layers).names)
 
 
 def load_main_runs(folder: Path | None, protocol, method: str, base_lr: float | None,
@@ -261,8 +247,6 @@ def load_main_runs(folder: Path | None, protocol, method: str, base_lr: float | 
   A run of more iterations is cut: the schedule does not depend on the run's length, so its
   first ``iters`` iterations are those of a shorter run. ``None`` if anything is missing.
   """
-  from paper import methods as methods_lib
-
   base, _ = methods_lib.split_method(method)
   if folder is None or layers != "module" or (
       base_lr is not None and base_lr != protocol.solvers[base].base_lr):
@@ -275,14 +259,13 @@ def load_main_runs(folder: Path | None, protocol, method: str, base_lr: float | 
         protocol.name:
       return None
   runs = []
+  wanted = eval_iters(protocol, iters)
   for seed in range(seeds):
     path = folder / "runs" / f"{method}_seed{seed}.npz"
     if not path.exists():
       return None
-    with np.load(path) as f:
-      run = {k: f[k] for k in RUN_KEYS} | {"seed": int(f["seed"]), "wall_s": float(f["wall_s"])}
+    run = train_lib.load_run(path)
     stored = eval_iters(protocol, len(run["train_loss"]))
-    wanted = eval_iters(protocol, iters)
     if len(run["train_loss"]) < iters or not set(wanted) <= set(stored) or \
         len(run["test_error"]) != len(stored):
       return None
@@ -291,11 +274,9 @@ def load_main_runs(folder: Path | None, protocol, method: str, base_lr: float | 
     for k in ("train_loss", "grad_norm", "factor", "effective_lr"):
       run[k] = run[k][:iters]
     runs.append(run)
-  from paper import train as train_lib
-
   out = train_lib.stack_runs(runs)
   out.update(method=method, iters=iters, eval_iters=wanted,
-             layer_names=layer_names(protocol, layers), source=str(folder / "runs"))
+             layer_names=list(train_lib.layer_names(protocol, layers)), source=str(folder / "runs"))
   return out
 
 
@@ -309,8 +290,6 @@ def _worker_init(dataset_name: str) -> None:
 
 def _run_seed(protocol, method: str, layers: Any, iters: int, seed: int, dataset=None) -> dict:
   """One seed of one configuration; the compiled runner is kept for the next seed."""
-  from paper import train as train_lib
-
   dataset = dataset if dataset is not None else _DATASET[0]
   key = (repr(protocol), method, str(layers), iters, id(dataset))
   if key not in _RUNNERS:
@@ -372,8 +351,6 @@ def train_runs(protocol, dataset, configs: dict, seeds: int, iters: int, workers
         os.environ.pop("XLA_FLAGS")
       else:
         os.environ["XLA_FLAGS"] = old
-  from paper import train as train_lib
-
   for key, runs in done.items():
     runs = [runs[s] for s in range(seeds)]
     out[key] = train_lib.stack_runs(runs)

@@ -50,20 +50,24 @@ def run_all(protocol, dataset, bases, seeds, iters, workers=1, reuse=None, log=p
   return runs
 
 
+def _pm(x, sign: str = "") -> str:
+  """'mean ± std' over seeds, in percentage points."""
+  mean, sd = common.mean_std(x)
+  return f"{100 * mean:{sign}.2f} ± {100 * sd:.2f}"
+
+
 def analyse(runs, bases, seeds, iters):
   first = next(iter(runs.values()))
   evals = list(first["eval_iters"])
   out = {"eval_iters": evals, "runs": {}, "paired": {}}
   rows, rows_f = [], []
-  sd = lambda x: x.std(ddof=1) if len(x) > 1 else 0.0
   for label, r in runs.items():
     err = np.asarray(r["test_error"])  # (seed, eval)
     out["runs"][label] = {"test_error": err, "layer_names": r["layer_names"],
                           "grouping": r["grouping"],
                           "mean_factor_per_layer": r["factor"].mean((0, 1)),
                           "mean_grad_norm_per_layer": r["grad_norm"].mean((0, 1))}
-    rows.append([label] + [f"{100 * err[:, i].mean():.2f} ± {100 * sd(err[:, i]):.2f}"
-                           for i in range(len(evals))])
+    rows.append([label] + [_pm(err[:, i]) for i in range(len(evals))])
     if r["grouping"]:
       rows_f.append([label, ", ".join(
           f"{n}: {common.fmt(f, 3)}" for n, f in zip(r["layer_names"], r["factor"].mean((0, 1))))])
@@ -73,8 +77,8 @@ def analyse(runs, bases, seeds, iters):
     mod, arr = (runs[f"{b}+layer ({g})"]["test_error"][:, -1] for g in GROUPINGS)
     d = {"base - module": base - mod, "base - array": base - arr, "array - module": arr - mod}
     out["paired"][b] = d
-    rows_p.append([b] + [f"{100 * x.mean():+.2f} ± {100 * sd(x):.2f} "
-                         f"({int(np.sum(x > 0))}/{len(x)} seeds > 0)" for x in d.values()])
+    rows_p.append([b] + [f"{_pm(x, '+')} ({int(np.sum(x > 0))}/{len(x)} seeds > 0)"
+                         for x in d.values()])
   table = "\n\n".join([
       f"LeNet, Fashion-MNIST, Table I protocol (Caffe lenet_solver); test error (%), mean ± "
       f"std over {seeds} seeds, at the evaluation iterations up to {iters}.",

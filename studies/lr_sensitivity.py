@@ -66,7 +66,7 @@ def analyse(runs, methods, lrs, seeds, iters):
         "eval_iters": runs[m][lrs[0]]["eval_iters"],
         "test_error_curves": np.array([runs[m][lr]["test_error"] for lr in lrs]),
     }
-    sd = err.std(1, ddof=1) if seeds > 1 else np.zeros(len(lrs))
+    _, sd = common.mean_std(err, axis=1)
     rows.append([m] + [f"{100 * a:.2f} ± {100 * b:.2f}" for a, b in zip(mean, sd)])
     rows_sum.append([m, f"{lrs[best]:g}", f"{100 * mean[best]:.2f}",
                      f"{100 * mean.mean():.2f}", f"{100 * mean.max():.2f}",
@@ -79,7 +79,7 @@ def analyse(runs, methods, lrs, seeds, iters):
     d = out["methods"][b]["test_error"] - out["methods"][lay]["test_error"]
     out["paired"][lay] = d
     rows.append([f"{b} - {lay} (paired)"] + [
-        f"{100 * x.mean():+.2f} ± {100 * (x.std(ddof=1) if seeds > 1 else 0):.2f}" for x in d])
+        f"{100 * a:+.2f} ± {100 * b:.2f}" for a, b in zip(*common.mean_std(d, axis=1))])
   table = "\n\n".join([
       f"LeNet, Fashion-MNIST, Caffe lenet_solver ('inv' schedule, momentum 0.9, wd 5e-4); "
       f"test error (%) after {iters} iterations, mean ± std over {seeds} seeds.",
@@ -98,7 +98,7 @@ def plot(out_dir: Path, methods, lrs, results):
   for m in methods:
     r = results["methods"][m]
     err = 100 * np.asarray(r["test_error"])
-    sd = err.std(1, ddof=1) if err.shape[1] > 1 else 0 * err[:, 0]
+    _, sd = common.mean_std(err, axis=1)
     ls = "-" if m.endswith("+layer") else "--"
     axes[0].errorbar(lrs, err.mean(1), yerr=sd, marker="o", capsize=3, ls=ls, label=m)
     axes[1].errorbar(r["effective_lr"], err.mean(1), yerr=sd, marker="o", capsize=3, ls=ls,

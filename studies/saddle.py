@@ -243,8 +243,8 @@ def plot(out_dir: Path, task: Task, methods, lrs, base_lr, sweep, results):
   plt = common.plt()
   i_base = lrs.index(base_lr)
   colors = {"gd": "C2", "sgd": "C0", "nag": "C1"}
-  style = lambda m: dict(color=colors[common.split_method(m)[0]],
-                         ls="-" if common.split_method(m)[1] else "--")
+  style = lambda m: dict(color=colors[common.split_study_method(m)[0]],
+                         ls="-" if common.split_study_method(m)[1] else "--")
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for m in methods:
     for ax, key in zip(axes, ("escape", "converge")):

@@ -97,14 +97,6 @@ def loss_fn(setup, params, x, y):
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
 
-def batch_order(seed: int, n_train: int, iters: int, batch: int) -> np.ndarray:
-  """Minibatch indices: a fresh permutation of the training set per epoch (numpy, seeded)."""
-  rng = np.random.default_rng(10_000 + seed)
-  epochs = -(-iters * batch // n_train)
-  flat = np.concatenate([rng.permutation(n_train) for _ in range(epochs)])
-  return flat[:iters * batch].reshape(iters, batch).astype(np.int32)
-
-
 def make_chunk(setup: Setup, method: str, train_x, train_y):
   """``eval_every`` steps of one run (a scan of scans); records every ``record_every``."""
   names = layer_names(setup)
@@ -143,7 +135,9 @@ def run_method(setup: Setup, method: str, lrs: list[float], seeds: int, data):
   """All learning rates x seeds of one method, vmapped; returns numpy histories."""
   train_x, train_y, test_x, test_y = (jnp.asarray(a) for a in data)
   params0 = jax.tree.map(lambda *a: np.stack(a), *[init_params(setup, s) for s in range(seeds)])
-  orders = np.stack([batch_order(s, len(train_y), setup.iters, setup.batch)
+  # The harness's minibatch order; seeds offset so they differ from the LeNet runs'.
+  orders = np.stack([common.train_lib.make_order(10_000 + s, len(train_y), setup.iters,
+                                                 setup.batch)
                      for s in range(seeds)])
   lr_arr = jnp.asarray(lrs, jnp.float32)
   tx0 = common.make_optimizer(method, 0.0)
@@ -188,7 +182,7 @@ def analyse(setup: Setup, runs: dict, seeds: int):
         "grad_norm_mean_over_seeds": r["grad_norm"][0].mean(0),
         "factor_mean_over_seeds": f[0].mean(0),
         "distance_mean_over_seeds": r["distance"][0].mean(0),
-        "distance_std_over_seeds": r["distance"][0].std(0, ddof=1) if seeds > 1 else 0,
+        "distance_std_over_seeds": common.mean_std(r["distance"][0])[1],
         "train_loss_mean_over_seeds": r["train_loss"][0].mean(0),
         "test_error_per_seed": r["test_error"][0],
         "final_distance_per_seed": r["distance"][0, :, -1],

@@ -89,7 +89,8 @@ def test_saddle_runs_are_paired_and_deterministic():
   a = saddle.run_method(task, "sgd", [(0.03, 0.7)], seeds=2)
   b = saddle.run_method(task, "sgd", [(0.01, 0.7), (0.03, 0.7)], seeds=3)
   np.testing.assert_allclose(a["loss_curve"][0], b["loss_curve"][1][:2], rtol=1e-5)
-  # At lr -> 0 the recorded norms are those of the same initial parameters and batches.
+  # The first recorded norms come before any update: equal only if sgd and sgd+layer start
+  # from the same initialisation and batches.
   c = saddle.run_method(task, "sgd+layer", [(0.0, 0.7)], seeds=2)
   np.testing.assert_allclose(c["grad_norms"][0, :, 0], a["grad_norms"][0, :, 0], rtol=1e-5)
 
@@ -163,9 +164,13 @@ def main_run(tiny_protocol, tmp_path_factory):
   for method in ("sgd", "sgd+layer"):
     for seed in range(2):
       r = common._run_seed(protocol, method, "module", 8, seed, dataset)
-      np.savez(folder / "runs" / f"{method}_seed{seed}.npz", seed=seed, wall_s=r["wall_s"],
-               **{k: r[k] for k in common.RUN_KEYS})
+      common.train_lib.save_run(folder / "runs" / f"{method}_seed{seed}.npz", r)
   return folder
+
+
+def _saved(folder, method, key):
+  """One curve of the main run's seeds 0 and 1, read straight from its .npz files."""
+  return np.stack([np.load(folder / "runs" / f"{method}_seed{s}.npz")[key] for s in (0, 1)])
 
 
 def test_lr_sensitivity_study_tiny(tmp_path, tiny_protocol, main_run):
@@ -181,10 +186,13 @@ def test_lr_sensitivity_study_tiny(tmp_path, tiny_protocol, main_run):
   assert base["test_error"].shape == (2, 2)
   assert ((base["test_error"] >= 0) & (base["test_error"] <= 1)).all()
   assert (layer["mean_factor"] > 1).all()
-  np.testing.assert_allclose(layer["effective_lr"], np.array([0.01, 0.1])
-                             * layer["mean_factor"])
-  np.testing.assert_allclose(res["paired"]["sgd+layer"],
-                             base["test_error"] - layer["test_error"])
+  # At the reused rate: the main run's factors over its first 4 iterations, and its test
+  # errors at iteration 4 (the second of its evaluations at 2, 4, 8).
+  factor_4 = _saved(main_run, "sgd+layer", "factor")[:, :4].mean()
+  np.testing.assert_allclose(layer["mean_factor"][0], factor_4, rtol=1e-6)
+  np.testing.assert_allclose(layer["effective_lr"][0], 0.01 * factor_4, rtol=1e-6)
+  err_4 = {m: _saved(main_run, m, "test_error")[:, 1] for m in ("sgd", "sgd+layer")}
+  np.testing.assert_allclose(res["paired"]["sgd+layer"][0], err_4["sgd"] - err_4["sgd+layer"])
   assert "within 1 pt" in (tmp_path / "table.md").read_text()
 
 
@@ -213,9 +221,11 @@ def test_grouping_study_tiny(tmp_path, tiny_protocol, main_run):
                  runs["sgd+layer (module)"]["mean_factor_per_layer"]))
   assert arr["fc1/bias"] > mod["fc1"]
   assert set(res["paired"]["sgd"]) == {"base - module", "base - array", "array - module"}
-  np.testing.assert_allclose(res["paired"]["sgd"]["array - module"],
-                             runs["sgd+layer (array)"]["test_error"][:, -1]
-                             - runs["sgd+layer (module)"]["test_error"][:, -1])
+  # Both reused runs, against the main run's files at iteration 4 (index 1 of 2, 4, 8).
+  np.testing.assert_allclose(res["paired"]["sgd"]["base - module"],
+                             _saved(main_run, "sgd", "test_error")[:, 1]
+                             - _saved(main_run, "sgd+layer", "test_error")[:, 1])
+  assert res["paired"]["sgd"]["array - module"].shape == (2,)
   table = (tmp_path / "out" / "table.md").read_text()
   assert "sgd+layer (array)" in table and "Paired differences" in table
 

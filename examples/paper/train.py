@@ -70,12 +70,15 @@ class TrainState(NamedTuple):
 # The per-seed curves a run returns and reproduce.py saves.
 RUN_KEYS = ("test_error", "train_loss", "grad_norm", "factor", "effective_lr")
 # XLA:CPU flags for a single-threaded worker process (two of them beat one 2-thread process).
-SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
 
 
-def eval_points(protocol: Protocol, iters: int) -> tuple[int, ...]:
-  """The protocol's evaluation iterations up to ``iters``, and ``iters`` itself."""
-  evals = [k for k in protocol.eval_iters if k <= iters]
+def eval_points(protocol: Protocol, iters: int,
+                candidates: tuple[int, ...] | None = None) -> tuple[int, ...]:
+  """The evaluation iterations (``candidates``, default the protocol's) up to ``iters``,
+  and ``iters`` itself."""
+  evals = [k for k in (protocol.eval_iters if candidates is None else candidates)
+           if k <= iters]
   return tuple(evals if iters in evals else evals + [iters])
 
 
@@ -91,11 +94,6 @@ class Setup:
   train_y: jax.Array
   test_x: jax.Array
   test_y: jax.Array
-  init_params: Any = None  # jitted model.init, shared by every setup of an equal model
-
-  def __post_init__(self):
-    if self.init_params is None:
-      self.init_params = jitted_init(self.model)
 
 
 @functools.cache
@@ -103,6 +101,13 @@ def jitted_init(model) -> Any:
   """``jax.jit(model.init)``, compiled once per model configuration (Flax modules are
   hashable), so the methods of a comparison share one compiled initialiser."""
   return jax.jit(model.init)
+
+
+def layer_names(protocol: Protocol, layers: Any = "module",
+                num_classes: int = 10) -> tuple[str, ...]:
+  """The names of the protocol model's layers under ``layers`` grouping (no data needed)."""
+  model = models_lib.MODELS[protocol.model](num_classes=num_classes)
+  return lw.make_plan(models_lib.abstract_params(model), layers).names
 
 
 def make_order(seed: int, n_train: int, iters: int, batch: int) -> np.ndarray:
@@ -189,7 +194,7 @@ def build_setup(protocol: Protocol, method: str, dataset: data_lib.Dataset,
 
 def init_state(setup: Setup, seed: int, iters: int, batch: int, n_eval: int) -> TrainState:
   """Initial parameters (Caffe fillers, key = seed), optimizer state and empty histories."""
-  params = setup.init_params(jax.random.key(seed), setup.train_x[:1])["params"]
+  params = jitted_init(setup.model)(jax.random.key(seed), setup.train_x[:1])["params"]
   n_layers = len(setup.layer_names)
   s = SeedState(params, setup.tx.init(params), jnp.zeros(iters), jnp.zeros((iters, n_layers)),
                 jnp.zeros((iters, n_layers)), jnp.full((n_eval,), jnp.nan))
@@ -230,11 +235,7 @@ class Runner:
                batch_size: int | None = None, model_kwargs: dict | None = None):
     self.protocol, self.method, self.iters = protocol, method, iters
     self.batch = batch_size or protocol.batch_size
-    if eval_iters is None:
-      self.eval_iters = eval_points(protocol, iters)
-    else:
-      evals = [k for k in eval_iters if k <= iters]
-      self.eval_iters = tuple(evals if iters in evals else evals + [iters])
+    self.eval_iters = eval_points(protocol, iters, eval_iters)
     self.setup = setup = build_setup(protocol, method, dataset, layers, model_kwargs)
     step_fn = make_train_step(setup.model, setup.tx, setup.record)
     eval_fn = make_eval(setup.model)
@@ -288,6 +289,17 @@ class Runner:
             "factor": np.asarray(s.factor),
             "effective_lr": lr[:, None] * (s.factor if layerwise else np.ones_like(s.factor)),
             "wall_s": time.perf_counter() - t0, "params": s.params}
+
+
+def save_run(path: Path, run: dict) -> None:
+  """Writes one seed's curves (``RUN_KEYS``), its seed and wall time to ``path`` (.npz)."""
+  np.savez(path, seed=run["seed"], wall_s=run["wall_s"], **{k: run[k] for k in RUN_KEYS})
+
+
+def load_run(path: Path) -> dict:
+  """One seed's run as :func:`save_run` wrote it (int seed, float wall time)."""
+  with np.load(path) as f:
+    return {k: f[k] for k in RUN_KEYS} | {"seed": int(f["seed"]), "wall_s": float(f["wall_s"])}
 
 
 def stack_runs(runs: list[dict]) -> dict:
