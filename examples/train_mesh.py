@@ -132,12 +132,13 @@ def main(argv=None):
     opt_state = tx.init(params)
     step = make_step(gather)
     losses, start = [], time.perf_counter()
+    # Synchronous steps, inputs ready first, on simulated CPU devices only: they share one
+    # thread pool, and a collective whose participants wait on queued work there can stall.
+    sync = jax.block_until_ready if devices[0].platform == "cpu" else (lambda x: x)
     for idx in order:
-      # Synchronous steps, inputs ready first: XLA:CPU's simulated devices share one thread
-      # pool, and a collective whose participants wait on queued work there can stall.
-      x, y = jax.block_until_ready(put_batch(train_x[idx], train_y[idx]))
+      x, y = sync(put_batch(train_x[idx], train_y[idx]))
       params, opt_state, loss = step(params, opt_state, x, y)
-      losses.append(loss.block_until_ready())
+      losses.append(sync(loss))
     losses = np.asarray(jax.device_get(losses))
     return losses, params, opt_state, time.perf_counter() - start
 

@@ -20,8 +20,10 @@ Recorded per iteration ``k`` and layer ``l``: the norm of the gradient the facto
 (after weight decay), the factor ``f_l = 1 + log(1 + 1/||g_l||)`` and the effective learning
 rate ``lr_k * f_l`` (``lr_k`` for the base methods).
 
-Extension points (e.g. a device mesh): :func:`make_train_step` and :func:`make_eval` build
-the pure per-seed functions; :func:`init_state` and :func:`make_order` the inputs.
+Pieces for other loops: :func:`make_train_step` and :func:`make_eval` build the pure
+per-seed functions; :func:`init_state` and :func:`make_order` the inputs
+(``examples/train_mesh.py`` reuses :func:`make_order` and :func:`cross_entropy` with a step
+of its own that places the batch and parameters on a device mesh).
 
 References:
   Singh et al., ICMLA 2015, arXiv:1510.04609, section IV (10 runs per method, test error at
