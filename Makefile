@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo demo-full data bench clean
+.PHONY: test test-lowest package-check demo demo-full data bench clean
 
 # uv installs the same packages about 4x faster than pip (18 s against 69 s here); pip
 # (with its own configuration, e.g. local wheels) if uv cannot be had or fails.
@@ -14,9 +14,20 @@ $(VENV)/.installed: pyproject.toml
 	{ $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[test,examples]'; }
 	touch $@
 
+# Lint; the tests and doctests on the newest releases (the venv); the library's tests and
+# doctests on the lowest versions pyproject.toml declares; the built wheel and sdist.
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -p no:xdist --doctest-modules layerwise_optax
+	.ci/test_lowest.sh
+	.ci/check_package.sh
+
+test-lowest: $(VENV)/.installed
+	.ci/test_lowest.sh
+
+package-check: $(VENV)/.installed
+	.ci/check_package.sh
 
 # The paper's MNIST protocol on Fashion-MNIST, six methods: 3 seeds x 1,000 iterations
 # (about 15 minutes on 2 CPU cores); `make demo-full` is the paper's 10 seeds x 2,000.
