@@ -9,6 +9,8 @@ from layerwise_optax._alias import adagrad, sgd
 from layerwise_optax._grouping import LayerPlan, make_plan
 from layerwise_optax._transform import (
     LayerFactor,
+    LayerwiseLrState,
+    WithLayerwiseLrState,
     layer_factors,
     scale_by_layerwise_lr,
     with_layerwise_lr,
@@ -19,6 +21,8 @@ __version__ = "0.1.0"
 __all__ = [
     "LayerFactor",
     "LayerPlan",
+    "LayerwiseLrState",
+    "WithLayerwiseLrState",
     "adagrad",
     "layer_factors",
     "make_plan",

@@ -1,5 +1,9 @@
 """Ready-made optimizers in optax's alias style: SGD/Nesterov (eq. 10) and AdaGrad (eq. 12).
 
+Both start with a weight-decay slot (its state is ``optax.EmptyState()`` whatever the
+coefficient), so the state has the same structure with and without weight decay, and under
+``optax.inject_hyperparams``, where every numeric argument becomes an array.
+
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep
   Networks." ICMLA 2015. arXiv:1510.04609.
@@ -7,81 +11,180 @@ References:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Hashable
 
+import jax
+import numpy as np
 import optax
+from jax.typing import ArrayLike, DTypeLike
 
 from layerwise_optax._grouping import LayersSpec, StackedSpec
 from layerwise_optax._transform import scale_by_layerwise_lr, with_layerwise_lr
 
 
-def _weight_decay(weight_decay: Any) -> list[optax.GradientTransformation]:
-  # A literal 0 adds no pass over the parameters; a traced value always applies.
-  if isinstance(weight_decay, (int, float)):
-    if weight_decay < 0:
-      raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}.")
-    if weight_decay == 0:
-      return []
-  return [optax.add_decayed_weights(weight_decay)]
+def _weight_decay(weight_decay: ArrayLike) -> optax.GradientTransformation:
+  """``g + weight_decay * w``; a Python 0 is ``optax.identity()``, with no read of ``w``.
+
+  Under ``inject_hyperparams`` the coefficient is an array whose value the trace cannot see,
+  so it always applies (and needs ``params``); both forms have the state ``EmptyState()``.
+  """
+  if not isinstance(weight_decay, jax.core.Tracer):
+    value = np.asarray(weight_decay)
+    if value.ndim != 0 or not value >= 0:
+      raise ValueError(f"weight_decay must be a scalar >= 0; got {weight_decay!r}.")
+    if isinstance(weight_decay, (int, float, np.number)) and value == 0:
+      return optax.identity()
+  return optax.add_decayed_weights(weight_decay)
 
 
-def sgd(learning_rate: optax.ScalarOrSchedule, momentum: Any = None, nesterov: bool = False,
-        weight_decay: Any = 0.0, layers: LayersSpec = "module", stacked: StackedSpec = None,
-        norm_eps: Any = 0.0, axis_name: Any = None,
-        accumulator_dtype: Any = None) -> optax.GradientTransformationExtraArgs:
-  """SGD, heavy-ball or Nesterov momentum with layer-specific learning rates (eq. 10).
+def sgd(learning_rate: optax.ScalarOrSchedule, momentum: ArrayLike | None = None,
+        nesterov: bool = False, weight_decay: ArrayLike = 0.0, layers: LayersSpec = "module",
+        stacked: StackedSpec = None, norm_eps: ArrayLike = 0.0,
+        axis_name: Hashable | None = None, accumulator_dtype: DTypeLike | None = None,
+        keep_stats: bool = False) -> optax.GradientTransformationExtraArgs:
+  r"""SGD, heavy-ball or Nesterov momentum with layer-specific learning rates (eq. 10).
 
-  Caffe's order: ``g += weight_decay * w``; ``g_l *= 1 + log(1 + 1/||g_l||)``; then
-  ``optax.sgd``: ``m = g + momentum * m``, ``w -= learning_rate * m`` (Nesterov:
-  ``w -= learning_rate * (g + momentum * m)``), which equals Caffe's ``h = mu*h + t_l*g``
-  for a constant learning rate.
+  In Caffe's order, with learning rate :math:`\alpha`, momentum :math:`\mu` and weight decay
+  :math:`\lambda`:
+
+  .. math::
+    \begin{align*}
+      g &\leftarrow g + \lambda w \\
+      f_l &= 1 + \log\left(1 + \frac{1}{\lVert g_l \rVert_2 + \epsilon}\right) \\
+      m_l &\leftarrow f_l g_l + \mu m_l \\
+      w_l &\leftarrow w_l - \alpha m_l \quad
+        \text{(Nesterov: } w_l - \alpha (f_l g_l + \mu m_l)\text{)}
+    \end{align*}
+
+  that is ``optax.chain(add_decayed_weights, scale_by_layerwise_lr, optax.sgd)``, which
+  equals Caffe's ``h = mu*h + t_l*g`` for a constant learning rate.
 
   Args:
-    learning_rate: a scalar or an optax schedule.
-    momentum: ``None`` for plain SGD.
+    learning_rate: :math:`\alpha`, a scalar or an optax schedule.
+    momentum: :math:`\mu`; ``None`` for plain SGD.
     nesterov: Nesterov momentum; needs ``momentum`` (``optax.sgd`` silently drops it).
-    weight_decay: L2 coefficient added to the gradient before the factor, as Caffe does;
-      needs ``params`` in ``update``.
-    layers, stacked, norm_eps, axis_name: see :func:`scale_by_layerwise_lr`.
+    weight_decay: :math:`\lambda`, the L2 coefficient added to the gradient before the
+      factor, as Caffe does; a nonzero value needs ``params`` in ``update``, and so does
+      any value under ``optax.inject_hyperparams``.
+    layers: the grouping, see :func:`scale_by_layerwise_lr`.
+    stacked: the stacked layers, see :func:`scale_by_layerwise_lr`.
+    norm_eps: :math:`\epsilon`, see :func:`scale_by_layerwise_lr`.
+    axis_name: the mapped axis to sum over, see :func:`scale_by_layerwise_lr`.
     accumulator_dtype: dtype of the momentum buffer, as in ``optax.sgd``.
+    keep_stats: keep the last step's ``{layer name: LayerFactor(norm, factor)}`` of the
+      decayed gradients in the state (``optax.tree_utils.tree_get(state, "layer_stats")``).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; its state is the chain's tuple
+    ``(weight decay, layer-wise factor, optax.sgd)``.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import layerwise_optax
+    >>> def f(x): return jnp.sum(x ** 2)
+    >>> solver = layerwise_optax.sgd(learning_rate=0.003, momentum=0.9)
+    >>> params = jnp.array([1.0, 2.0, 3.0])
+    >>> print(f"Objective function: {f(params):.2E}")
+    Objective function: 1.40E+01
+    >>> opt_state = solver.init(params)
+    >>> for _ in range(5):
+    ...   grad = jax.grad(f)(params)
+    ...   updates, opt_state = solver.update(grad, opt_state, params)
+    ...   params = optax.apply_updates(params, updates)
+    ...   print(f"Objective function: {f(params):.2E}")
+    Objective function: 1.38E+01
+    Objective function: 1.35E+01
+    Objective function: 1.30E+01
+    Objective function: 1.24E+01
+    Objective function: 1.17E+01
 
   References:
-    Singh et al., ICMLA 2015, arXiv:1510.04609, eq. 10.
+    Singh et al., "Layer-Specific Adaptive Learning Rates for Deep Networks", ICMLA 2015,
+    arXiv:1510.04609, eq. 10.
   """
   if nesterov and momentum is None:
     raise ValueError("nesterov=True needs a momentum (e.g. momentum=0.9); optax.sgd would "
                      "silently run plain SGD.")
   return optax.chain(
-      *_weight_decay(weight_decay),
-      scale_by_layerwise_lr(layers, stacked, norm_eps, axis_name),
+      _weight_decay(weight_decay),
+      scale_by_layerwise_lr(layers, stacked, norm_eps, axis_name, keep_stats),
       optax.sgd(learning_rate, momentum, nesterov, accumulator_dtype),
   )
 
 
-def adagrad(learning_rate: optax.ScalarOrSchedule, initial_accumulator_value: Any = 0.1,
-            eps: Any = 1e-7, weight_decay: Any = 0.0, layers: LayersSpec = "module",
-            stacked: StackedSpec = None, norm_eps: Any = 0.0,
-            axis_name: Any = None) -> optax.GradientTransformationExtraArgs:
-  """AdaGrad with layer-specific learning rates, the paper's eq. 12.
+def adagrad(learning_rate: optax.ScalarOrSchedule, initial_accumulator_value: ArrayLike = 0.1,
+            eps: ArrayLike = 1e-7, weight_decay: ArrayLike = 0.0, layers: LayersSpec = "module",
+            stacked: StackedSpec = None, norm_eps: ArrayLike = 0.0,
+            axis_name: Hashable | None = None,
+            keep_stats: bool = False) -> optax.GradientTransformationExtraArgs:
+  r"""AdaGrad with layer-specific learning rates, the paper's eq. 12.
 
-  ``G += g^2`` (raw gradients, from ``initial_accumulator_value``);
-  ``w -= learning_rate * f(||g_l||) * g / sqrt(G + eps)``: :func:`with_layerwise_lr` around
-  ``optax.adagrad``, whose ``initial_accumulator_value`` and ``eps`` (inside the square
-  root) it keeps. Caffe's AdaGrad starts the history at 0 and adds its delta outside the
-  square root; ``initial_accumulator_value=0`` and ``eps=delta**2`` come close.
+  With learning rate :math:`\alpha`, weight decay :math:`\lambda` and history :math:`G`
+  (from ``initial_accumulator_value``):
+
+  .. math::
+    \begin{align*}
+      g &\leftarrow g + \lambda w \\
+      G &\leftarrow G + g^2 \\
+      w_l &\leftarrow w_l - \alpha f_l \frac{g_l}{\sqrt{G_l + \delta}}, \qquad
+      f_l = 1 + \log\left(1 + \frac{1}{\lVert g_l \rVert_2 + \epsilon}\right)
+    \end{align*}
+
+  that is :func:`with_layerwise_lr` around ``optax.adagrad``, whose
+  ``initial_accumulator_value`` and ``eps`` (:math:`\delta`, inside the square root) it
+  keeps; the history holds the unscaled gradients. Caffe's AdaGrad starts the history at 0
+  and adds its delta outside the square root; ``initial_accumulator_value=0`` and
+  ``eps=delta**2`` come close.
 
   Args:
-    learning_rate: a scalar or an optax schedule.
-    initial_accumulator_value, eps: as in ``optax.adagrad``.
-    weight_decay: L2 coefficient added to the gradient first (Caffe's order); the factor
-      and the history both see the decayed gradient.
-    layers, stacked, norm_eps, axis_name: see :func:`scale_by_layerwise_lr`.
+    learning_rate: :math:`\alpha`, a scalar or an optax schedule.
+    initial_accumulator_value: the history's start value, as in ``optax.adagrad``.
+    eps: :math:`\delta`, as in ``optax.adagrad``.
+    weight_decay: :math:`\lambda`, the L2 coefficient added to the gradient first (Caffe's
+      order); the factor and the history both see the decayed gradient. A nonzero value
+      needs ``params`` in ``update``, and so does any value under
+      ``optax.inject_hyperparams``.
+    layers: the grouping, see :func:`scale_by_layerwise_lr`.
+    stacked: the stacked layers, see :func:`scale_by_layerwise_lr`.
+    norm_eps: :math:`\epsilon`, see :func:`scale_by_layerwise_lr`.
+    axis_name: the mapped axis to sum over, see :func:`scale_by_layerwise_lr`.
+    keep_stats: keep the last step's ``{layer name: LayerFactor(norm, factor)}`` of the
+      decayed gradients in the state (``optax.tree_utils.tree_get(state, "layer_stats")``).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; its state is the chain's tuple
+    ``(weight decay, optax.adagrad's state)``, the latter inside a
+    :class:`WithLayerwiseLrState` with ``keep_stats``.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import layerwise_optax
+    >>> solver = layerwise_optax.adagrad(learning_rate=0.1)
+    >>> x, y = jnp.array([[1.0, 2.0], [3.0, 4.0]]), jnp.array([1.0, -1.0])
+    >>> def loss(p): return jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
+    >>> params = {"w": jnp.zeros(2), "b": jnp.zeros(1)}
+    >>> opt_state = solver.init(params)
+    >>> for step in range(4):
+    ...   value, grad = jax.value_and_grad(loss)(params)
+    ...   updates, opt_state = solver.update(grad, opt_state, params)
+    ...   params = optax.apply_updates(params, updates)
+    ...   print(f"step {step}: loss {value:.4f}")
+    step 0: loss 1.0000
+    step 1: loss 0.9655
+    step 2: loss 0.8249
+    step 3: loss 0.7245
 
   References:
-    Singh et al., ICMLA 2015, arXiv:1510.04609, eq. 12.
+    Singh et al., "Layer-Specific Adaptive Learning Rates for Deep Networks", ICMLA 2015,
+    arXiv:1510.04609, eq. 12. Duchi, Hazan, Singer, "Adaptive Subgradient Methods for Online
+    Learning and Stochastic Optimization", JMLR 12, 2011.
   """
   inner = optax.adagrad(learning_rate, initial_accumulator_value, eps)
   return optax.chain(
-      *_weight_decay(weight_decay),
-      with_layerwise_lr(inner, layers, stacked, norm_eps, axis_name),
+      _weight_decay(weight_decay),
+      with_layerwise_lr(inner, layers, stacked, norm_eps, axis_name, keep_stats),
   )

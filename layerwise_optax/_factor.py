@@ -21,7 +21,7 @@ Numerics:
 * float32 subnormal entries (below 1.2e-38) are flushed to zero by XLA on CPU and GPU, as
   in any XLA computation (``optax.sgd`` flushes them too): their scaled update is 0.
 * NaN in a layer makes its factor 1 and leaves the NaN in the update, so
-  ``optax.apply_if_finite`` still sees it.
+  ``optax.apply_if_finite`` still sees it; the layer's reported norm is NaN as well.
 
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep
@@ -30,22 +30,23 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike, DTypeLike
 
 from layerwise_optax._grouping import LayerPlan
 
 
-def compute_dtype(dtype: Any) -> jnp.dtype:
+def compute_dtype(dtype: DTypeLike) -> np.dtype:
   """float32 at least; float64 stays float64; complex maps to its real dtype."""
   real = jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.float32
   return jnp.promote_types(real, jnp.float32)
 
 
-def _sum_of_squares(leaf: jax.Array, stacked: bool) -> jax.Array:
+def _sum_of_squares(leaf: ArrayLike, stacked: bool) -> jax.Array:
   x = jnp.asarray(leaf)
   dt = compute_dtype(x.dtype)
   sq = (jnp.square(x.real.astype(dt)) + jnp.square(x.imag.astype(dt))
@@ -54,8 +55,8 @@ def _sum_of_squares(leaf: jax.Array, stacked: bool) -> jax.Array:
   return jnp.sum(sq, axis=axes)
 
 
-def layer_sums_of_squares(leaves: Sequence[jax.Array], plan: LayerPlan,
-                          axis_name: Any = None) -> list[jax.Array]:
+def layer_sums_of_squares(leaves: Sequence[ArrayLike], plan: LayerPlan,
+                          axis_name: Hashable | None = None) -> list[jax.Array]:
   """Each layer's squared L2 norm (a vector over the stacking axis for stacked layers).
 
   With ``axis_name`` the per-layer sums are ``psum``-ed over that mapped axis, giving the
@@ -64,16 +65,24 @@ def layer_sums_of_squares(leaves: Sequence[jax.Array], plan: LayerPlan,
   # One reduction per leaf, never a concatenation of leaves: under ``jit`` with sharded
   # parameters, stacking arrays of different layouts would move gradient data between
   # devices (an all-to-all); per-leaf sums only all-reduce one float per layer.
-  sums: list[Any] = [None] * len(plan.names)
+  sums: list[jax.Array | None] = [None] * len(plan.names)
   for leaf, layer in zip(leaves, plan.leaf_layer):
     s = _sum_of_squares(leaf, plan.stacked[layer])
-    sums[layer] = s if sums[layer] is None else sums[layer] + s
-  if axis_name is not None and sums:
-    sums = list(jax.lax.psum(sums, axis_name))
-  return sums
+    previous = sums[layer]
+    sums[layer] = s if previous is None else previous + s
+  out = [s for s in sums if s is not None]
+  if axis_name is not None and out:
+    out = list(jax.lax.psum(out, axis_name))
+  return out
 
 
-def factor_from_sum_of_squares(sum_sq: jax.Array, eps: Any = 0.0) -> jax.Array:
+def layer_sums_like(leaves: Sequence[ArrayLike | jax.ShapeDtypeStruct],
+                    plan: LayerPlan) -> list[jax.ShapeDtypeStruct]:
+  """The shapes and dtypes :func:`layer_sums_of_squares` returns, from (abstract) leaves."""
+  return jax.eval_shape(lambda xs: layer_sums_of_squares(xs, plan), list(leaves))
+
+
+def factor_from_sum_of_squares(sum_sq: jax.Array, eps: ArrayLike = 0.0) -> jax.Array:
   """``1 + log1p(1 / (sqrt(sum_sq) + eps))``, and 1 where ``sum_sq`` is 0 or NaN."""
   positive = sum_sq > 0
   safe = jnp.where(positive, sum_sq, jnp.ones_like(sum_sq))
@@ -82,7 +91,7 @@ def factor_from_sum_of_squares(sum_sq: jax.Array, eps: Any = 0.0) -> jax.Array:
 
 
 def factors_from_sums_of_squares(sums: Sequence[jax.Array],
-                                 eps: Any = 0.0) -> list[jax.Array]:
+                                 eps: ArrayLike = 0.0) -> list[jax.Array]:
   """:func:`factor_from_sum_of_squares` of every layer, as one vector operation.
 
   The layers' sums are concatenated, so the factors of many small layers cost one small
@@ -100,12 +109,13 @@ def factors_from_sums_of_squares(sums: Sequence[jax.Array],
 
 
 def norm_from_sum_of_squares(sum_sq: jax.Array) -> jax.Array:
-  """``sqrt(sum_sq)`` with a finite gradient at 0."""
+  """``sqrt(sum_sq)`` with a finite gradient at 0; NaN stays NaN."""
   positive = sum_sq > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sum_sq, 1.0)), 0.0)
+  zero_or_nan = jnp.where(jnp.isnan(sum_sq), sum_sq, jnp.zeros_like(sum_sq))
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, sum_sq, 1.0)), zero_or_nan)
 
 
-def scale_leaves(leaves: Sequence[jax.Array], plan: LayerPlan,
+def scale_leaves(leaves: Sequence[ArrayLike], plan: LayerPlan,
                  factors: Sequence[jax.Array]) -> list[jax.Array]:
   """Multiplies each leaf by its layer's factor, returning it in its own dtype."""
   out = []

@@ -32,7 +32,7 @@ def test_closed_form_three_four(jit):
 
 @pytest.mark.parametrize("norm,expected", [(5.0, 1.1823), (1.0, 1.6931), (1e-2, 5.6151),
                                            (1e-3, 7.9088), (1e-8, 19.4207)])
-def test_factor_values_from_design_notes(norm, expected):
+def test_factor_values_in_closed_form(norm, expected):
   g = {"w": jnp.array([norm], jnp.float32)}
   f = lo.layer_factors(g)["w"].factor
   np.testing.assert_allclose(f, expected, rtol=1e-4)

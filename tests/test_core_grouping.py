@@ -153,3 +153,35 @@ def test_unknown_grouping_and_bad_label_trees_raise():
     lo.with_layerwise_lr(optax.adagrad(0.1), layers={"a": "x", "c": "y"}).init(params)
   with pytest.raises(ValueError, match="prefixes"):
     lo.scale_by_layerwise_lr(stacked=[1])
+
+
+def test_stacked_prefix_that_matches_no_layer_raises_naming_the_layers():
+  grads = {"params": {"blocks": {"Dense_0": {"kernel": jnp.ones((3, 2))}},
+                      "head": {"kernel": jnp.ones(2)}}}
+  message = ("stacked prefix 'params/block' matches no layer; the layers are "
+             "'params/blocks/Dense_0', 'params/head'.")
+  for tx in (lo.scale_by_layerwise_lr(stacked="params/block"),
+             lo.with_layerwise_lr(optax.adam(0.1), stacked=["params/head", "params/block"]),
+             lo.sgd(0.1, stacked="params/block"), lo.adagrad(0.1, stacked="params/block")):
+    with pytest.raises(ValueError) as raised:
+      tx.init(grads)
+    assert str(raised.value) == message
+  with pytest.raises(ValueError, match="^stacked prefix 'blocks' matches no layer"):
+    lo.layer_factors(grads, stacked="blocks")
+  # Whole path components only: "params/blocks/Dense" is not a prefix of ".../Dense_0".
+  with pytest.raises(ValueError, match="matches no layer"):
+    lo.layer_factors(grads, stacked="params/blocks/Dense")
+  stats = lo.layer_factors(grads, stacked="params/blocks")
+  assert stats["params/blocks/Dense_0"].norm.shape == (3,)
+  # A predicate is the caller's to check; an empty tree has no layer to match.
+  assert lo.layer_factors(grads, stacked=lambda name: False)["params/head"].norm.shape == ()
+  assert lo.layer_factors({}, stacked="blocks") == {}
+
+
+def test_stacked_prefix_error_lists_at_most_twelve_layers():
+  grads = {f"layer{i:02d}": {"w": jnp.ones(1)} for i in range(15)}
+  with pytest.raises(ValueError) as raised:
+    lo.make_plan(grads, stacked="blocks")
+  text = str(raised.value)
+  assert "\n" not in text
+  assert text.endswith("'layer10', 'layer11', ... (3 more).")
