@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test test-lowest package-check demo demo-full data bench clean
+.PHONY: test test-lowest package-check demo demo-full data bench docs docs-screenshots clean
 
 # uv installs the same packages about 4x faster than pip (18 s against 69 s here); pip
 # (with its own configuration, e.g. local wheels) if uv cannot be had or fails.
@@ -28,6 +28,19 @@ test-lowest: $(VENV)/.installed
 
 package-check: $(VENV)/.installed
 	.ci/check_package.sh
+
+# The docs site from docs/ (Sphinx, warnings as errors, a fresh build each time) into
+# docs/_build/html; it fails when a public name has no docstring or no entry in docs/api.md.
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[docs]' || $(PY) -m pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	$(PY) -m sphinx -E -W --keep-going -q -b html docs docs/_build/html
+
+# Screenshots of the index, API and numerics pages in headless Chromium, to runs/docs/.
+docs-screenshots: docs
+	bash docs/screenshots.sh runs/docs
 
 # The paper's MNIST protocol on Fashion-MNIST, six methods: 3 seeds x 1,000 iterations
 # (about 15 minutes on 2 CPU cores); `make demo-full` is the paper's 10 seeds x 2,000.
@@ -59,4 +72,4 @@ bench: $(VENV)/.installed
 	  | tee runs/bench/cpu.md'
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache docs/_build
