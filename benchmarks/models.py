@@ -6,17 +6,10 @@ and cifar10_full's local response normalisation): 431,080 and 89,578 parameters.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import jax
 import jax.numpy as jnp
 
-_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-if _EXAMPLES not in sys.path:
-  sys.path.insert(0, _EXAMPLES)
-
-from paper import models as paper_models  # noqa: E402
+from examples.paper import models as paper_models
 
 # Batch sizes of the paper's protocols (Caffe's lenet_solver and cifar10_full_solver).
 BATCH = {"lenet": 64, "cifar10_full": 100}

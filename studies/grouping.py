@@ -11,9 +11,9 @@ Fashion-MNIST): SGD, NAG and AdaGrad, each alone and with the factor under both
 groupings, from the harness in ``examples/paper/``. Same seeds for every method (paired);
 test error at the protocol's evaluation points up to ``--iters``.
 
-Run: ``python studies/grouping.py`` (3 seeds x 2,000 iterations, the paper's length). The
+Run: ``python -m studies.grouping`` (3 seeds x 2,000 iterations, the paper's length). The
 base methods and their ``"module"`` versions are read from the main comparison's runs in
-``results/fashion_mnist/runs`` (``examples/reproduce.py``, same seeds and protocol) when they
+``results/fashion_mnist/runs`` (``python -m examples.reproduce``, same seeds and protocol) when they
 are there, so only the three ``"array"`` runs are trained: 18,000 LeNet steps, about 10
 minutes in two single-threaded processes on 2 quiet CPU cores. Without those runs (or with
 ``--no-reuse``) all nine are trained, about 30 minutes; ``--iters 500`` cuts that to 8.
@@ -25,13 +25,13 @@ References:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from examples.paper import cli, report
+from examples.paper.methods import method_names
+from studies import lenet_runs, options, outputs, stats
 
 GROUPINGS = ("module", "array")
 
@@ -43,7 +43,7 @@ def run_all(protocol, dataset, bases, seeds, iters, workers=1, reuse=None, log=p
     configs[b] = (b, None, "module")
     for g in GROUPINGS:
       configs[f"{b}+layer ({g})"] = (b + "+layer", None, g)
-  runs = common.train_runs(protocol, dataset, configs, seeds, iters, workers=workers,
+  runs = lenet_runs.train_runs(protocol, dataset, configs, seeds, iters, workers=workers,
                            reuse=reuse, log=log)
   for label, (method, _, layers) in configs.items():
     runs[label]["grouping"] = layers if method.endswith("+layer") else None
@@ -52,7 +52,7 @@ def run_all(protocol, dataset, bases, seeds, iters, workers=1, reuse=None, log=p
 
 def _pm(x, sign: str = "") -> str:
   """'mean ± std' over seeds, in percentage points."""
-  mean, sd = common.mean_std(x)
+  mean, sd = report.mean_std(x)
   return f"{100 * mean:{sign}.2f} ± {100 * sd:.2f}"
 
 
@@ -70,7 +70,7 @@ def analyse(runs, bases, seeds, iters):
     rows.append([label] + [_pm(err[:, i]) for i in range(len(evals))])
     if r["grouping"]:
       rows_f.append([label, ", ".join(
-          f"{n}: {common.fmt(f, 3)}" for n, f in zip(r["layer_names"], r["factor"].mean((0, 1))))])
+          f"{n}: {stats.fmt(f, 3)}" for n, f in zip(r["layer_names"], r["factor"].mean((0, 1))))])
   rows_p = []
   for b in bases:
     base = runs[b]["test_error"][:, -1]
@@ -82,18 +82,18 @@ def analyse(runs, bases, seeds, iters):
   table = "\n\n".join([
       f"LeNet, Fashion-MNIST, Table I protocol (Caffe lenet_solver); test error (%), mean ± "
       f"std over {seeds} seeds, at the evaluation iterations up to {iters}.",
-      common.md_table(["method"] + [f"iter {k}" for k in evals], rows),
+      stats.md_table(["method"] + [f"iter {k}" for k in evals], rows),
       f"Paired differences at iteration {evals[-1]} (percentage points; > 0: the second "
       "named has lower error):",
-      common.md_table(["base", "base - module", "base - array", "array - module"], rows_p),
+      stats.md_table(["base", "base - module", "base - array", "array - module"], rows_p),
       "Mean factor per layer (seeds and iterations):",
-      common.md_table(["method", "factors"], rows_f),
+      stats.md_table(["method", "factors"], rows_f),
   ])
   return out, table
 
 
 def plot(out_dir: Path, runs, bases, results):
-  plt = common.plt()
+  plt = report.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
   labels = list(runs)
   for i, label in enumerate(labels):
@@ -119,24 +119,26 @@ def plot(out_dir: Path, runs, bases, results):
   axes[1].legend(fontsize=7)
   for ax in axes:
     ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(out_dir / "grouping.png", dpi=120)
-  plt.close(fig)
+  report.save_figure(fig, out_dir / "grouping.png", dpi=120)
 
 
+@cli.reports_errors
 def main(argv=None, protocol=None, dataset=None):
-  p = common.lenet_parser(__doc__, seeds=3, iters=2000, name="grouping")
-  p.add_argument("--bases", default="sgd,nag,adagrad", help="base methods")
-  args = p.parse_args(argv)
-  bases = args.bases.split(",")
-  elapsed = common.timer()
-  protocol = protocol or common.lenet_protocol()
-  dataset = dataset if dataset is not None else common.load_dataset("fashion_mnist")
+  parser = options.lenet_parser(__doc__, seeds=3, iters=2000, name="grouping")
+  parser.add_argument("--bases", default="sgd,nag,adagrad", type=method_names(),
+                      help="base methods")
+  args = parser.parse_args(argv)
+  bases = args.bases
+  if any(b.endswith("+layer") for b in bases):
+    parser.error("--bases takes base methods (sgd, nag, adagrad, adam), without +layer")
+  cli.writable_folder(args.out)
+  elapsed = outputs.timer()
+  protocol = protocol or lenet_runs.PROTOCOL
   runs = run_all(protocol, dataset, bases, args.seeds, args.iters, args.workers, args.reuse)
   results, table = analyse(runs, bases, args.seeds, args.iters)
   results.update(seeds=args.seeds, iters=args.iters, protocol=protocol.name,
                  sources={label: r["source"] for label, r in runs.items()})
-  common.finish("grouping", args, argv, results, table, elapsed,
+  outputs.finish("grouping", args, argv, results, table, elapsed,
                 lambda: plot(args.out, runs, bases, results))
   return results
 

@@ -20,14 +20,14 @@ only, so methods and learning rates are paired): iterations until ``L / L(0)`` f
 below 0.5 ("escape", half the teacher's modes learned) and below 0.05 ("converged"), with
 ``--iters`` as the cap (not reached = inf); the final loss; divergence.
 
-Fairness (design.md section 6): the factor is a learning-rate boost that grows as gradients
+Fairness: the factor is a learning-rate boost that grows as gradients
 shrink, so the study sweeps the base learning rate of *every* method over the same log grid
 and reports best-against-best, besides the comparison at a common base learning rate (by
 default the grid's largest at which no seed of any method diverged). A second sweep over the
 initial scale ``s``, each method at its best learning rate, shows how the gain depends on
 how flat the saddle is.
 
-Run: ``python studies/saddle.py`` (about 5 minutes on 2 CPU cores).
+Run: ``python -m studies.saddle`` (about 5 minutes on 2 CPU cores).
 
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep
@@ -39,16 +39,17 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
+import layerwise_optax as lo
+from examples.paper import cli, report
+from examples.paper.methods import method_names, split_method
+from studies import optimizers, options, outputs, stats
 
 THRESHOLDS = (0.5, 0.05)  # loss / L(0): escape, converged
 
@@ -94,7 +95,7 @@ def batch_loss(params, teacher, x):
 def run_one(task: Task, method: str, lr, scale, teacher, layers, kd):
   """One run: first iterations below each threshold, recorded losses and layer norms."""
   params = {f"layer{i}": {"w": scale * layers[i]} for i in range(task.depth)}
-  tx = common.make_optimizer(method, lr)
+  tx = optimizers.make_optimizer(method, lr)
   loss0 = population_loss(params, teacher)
   thresholds = jnp.asarray(THRESHOLDS)
 
@@ -106,18 +107,20 @@ def run_one(task: Task, method: str, lr, scale, teacher, layers, kd):
     params = optax.apply_updates(params, updates)
     rel = population_loss(params, teacher) / loss0
     hit = jnp.where((hit < 0) & (rel < thresholds), t + 1, hit)
-    norms = jnp.stack([jnp.linalg.norm(grads[f"layer{i}"]["w"]) for i in range(task.depth)])
-    return (params, opt, hit), (rel, norms)
+    stats = lo.layer_factors(grads)  # the library's norms and factors, one per layer
+    norms = jnp.stack([stats[f"layer{i}"].norm for i in range(task.depth)])
+    factors = jnp.stack([stats[f"layer{i}"].factor for i in range(task.depth)])
+    return (params, opt, hit), (rel, norms, factors)
 
   def chunk(carry, c):
     ts = c * task.record_every + jnp.arange(task.record_every)
-    carry, (rel, norms) = jax.lax.scan(step, carry, ts)
-    return carry, (rel[-1], norms[0])  # loss after the chunk; norms at its first step
+    carry, (rel, norms, factors) = jax.lax.scan(step, carry, ts)
+    return carry, (rel[-1], norms[0], factors[0])  # loss after the chunk; norms at its start
 
   n_chunks = task.iters // task.record_every
   carry = (params, tx.init(params), -jnp.ones(len(THRESHOLDS), jnp.int32))
-  (_, _, hit), (rel, norms) = jax.lax.scan(chunk, carry, jnp.arange(n_chunks))
-  return hit, rel, norms
+  (_, _, hit), (rel, norms, factors) = jax.lax.scan(chunk, carry, jnp.arange(n_chunks))
+  return hit, rel, norms, factors
 
 
 def run_method(task: Task, method: str, configs: list[tuple[float, float]], seeds: int):
@@ -131,17 +134,18 @@ def run_method(task: Task, method: str, configs: list[tuple[float, float]], seed
   per_seed = jax.vmap(lambda lr, s, t, w, k: run_one(task, method, lr, s, t, w, k),
                       (None, None, 0, 0, 0))
   fn = jax.jit(jax.vmap(per_seed, (0, 0, None, None, None)))
-  hit, rel, norms = jax.device_get(fn(lrs, scales, teachers, layers, keys))
+  hit, rel, norms, factors = jax.device_get(fn(lrs, scales, teachers, layers, keys))
   hit = np.where(hit > 0, hit, np.inf).astype(np.float64)  # (configs, seeds, thresholds)
   final = np.asarray(rel[..., -max(1, rel.shape[-1] // 10):], np.float64).mean(-1)
   diverged = ~np.isfinite(final) | (final > 10)
   return {"escape": hit[..., 0], "converge": hit[..., 1], "final_loss": final,
-          "diverged": diverged, "loss_curve": np.asarray(rel), "grad_norms": np.asarray(norms)}
+          "diverged": diverged, "loss_curve": np.asarray(rel), "grad_norms": np.asarray(norms),
+          "factors": np.asarray(factors)}
 
 
 def best_lr_index(res: dict) -> int:
   """The lr with the smallest median convergence time among those where no seed diverged."""
-  score = [common.median_iqr(c)[0] if not d.any() else np.inf
+  score = [stats.median_iqr(c)[0] if not d.any() else np.inf
            for c, d in zip(res["converge"], res["diverged"])]
   return int(np.argmin(score))
 
@@ -154,8 +158,8 @@ def pick_base_lr(sweep: dict, lrs: list[float]) -> float:
 
 
 def summarise(x: np.ndarray) -> str:
-  med, lo, hi = common.median_iqr(x)
-  return f"{common.fmt(med, 4)} [{common.fmt(lo, 4)}, {common.fmt(hi, 4)}]"
+  med, lo, hi = stats.median_iqr(x)
+  return f"{stats.fmt(med, 4)} [{stats.fmt(lo, 4)}, {stats.fmt(hi, 4)}]"
 
 
 def paired_speedup(base: np.ndarray, layer: np.ndarray) -> tuple[float, float, float]:
@@ -163,7 +167,7 @@ def paired_speedup(base: np.ndarray, layer: np.ndarray) -> tuple[float, float, f
   ok = np.isfinite(base) & np.isfinite(layer)
   if not ok.any():
     return np.nan, np.nan, np.nan
-  return common.median_iqr(base[ok] / layer[ok])
+  return stats.median_iqr(base[ok] / layer[ok])
 
 
 def analyse(task: Task, methods, lrs, scales, base_lr, default_scale, sweep, scale_sweep):
@@ -174,7 +178,7 @@ def analyse(task: Task, methods, lrs, scales, base_lr, default_scale, sweep, sca
   rows_base, rows_sweep, rows_best, rows_scale = [], [], [], []
   for m in methods:
     r = sweep[m]
-    conv_med = [common.median_iqr(r["converge"][i])[0] for i in range(len(lrs))]
+    conv_med = [stats.median_iqr(r["converge"][i])[0] for i in range(len(lrs))]
     best = best_lr_index(r)
     out["methods"][m] = {
         "escape": r["escape"], "converge": r["converge"], "final_loss": r["final_loss"],
@@ -182,20 +186,20 @@ def analyse(task: Task, methods, lrs, scales, base_lr, default_scale, sweep, sca
         "scale_sweep": {k: scale_sweep[m][k] for k in ("escape", "converge", "diverged")},
         "scale_sweep_lr": lrs[best],
         "median_loss_curve_base_lr": np.median(r["loss_curve"][i_base], 0),
-        "median_factor_curve_base_lr": np.median(common.factor(r["grad_norms"][i_base]), 0),
+        "median_factor_curve_base_lr": np.median(r["factors"][i_base], 0),
     }
     rows_base.append([m, summarise(r["escape"][i_base]), summarise(r["converge"][i_base]),
                       f"{np.isfinite(r['converge'][i_base]).sum()}/{n}",
-                      common.fmt(np.median(r["final_loss"][i_base]), 2)])
+                      stats.fmt(np.median(r["final_loss"][i_base]), 2)])
     rows_sweep.append([m] + [
-        f"{common.fmt(c, 4)} ({np.isfinite(r['converge'][i]).sum()}/{n}"
+        f"{stats.fmt(c, 4)} ({np.isfinite(r['converge'][i]).sum()}/{n}"
         + (f"; {r['diverged'][i].sum()} div.)" if r["diverged"][i].any() else ")")
         for i, c in enumerate(conv_med)])
     rows_best.append([m, lrs[best], summarise(r["converge"][best]),
                       f"{np.isfinite(r['converge'][best]).sum()}/{n}"])
     rows_scale.append([m, lrs[best]] + [
-        f"{common.fmt(common.median_iqr(scale_sweep[m]['escape'][j])[0], 4)} / "
-        f"{common.fmt(common.median_iqr(scale_sweep[m]['converge'][j])[0], 4)} "
+        f"{stats.fmt(stats.median_iqr(scale_sweep[m]['escape'][j])[0], 4)} / "
+        f"{stats.fmt(stats.median_iqr(scale_sweep[m]['converge'][j])[0], 4)} "
         f"({np.isfinite(scale_sweep[m]['converge'][j]).sum()}/{n})"
         for j in range(len(scales))])
 
@@ -211,8 +215,8 @@ def analyse(task: Task, methods, lrs, scales, base_lr, default_scale, sweep, sca
     best = paired_speedup(sweep[b]["converge"][bb], sweep[lay]["converge"][bl])
     out["paired"][lay] = {"escape_same_lr": esc, "converge_same_lr": same,
                           "converge_best_vs_best": best}
-    rows_pair.append([f"{b} / {lay}", *[f"{common.fmt(x[0])} [{common.fmt(x[1])}, "
-                                        f"{common.fmt(x[2])}]" for x in (esc, same, best)]])
+    rows_pair.append([f"{b} / {lay}", *[f"{stats.fmt(x[0])} [{stats.fmt(x[1])}, "
+                                        f"{stats.fmt(x[2])}]" for x in (esc, same, best)]])
 
   table = "\n\n".join([
       f"Deep linear net: depth {task.depth}, width {task.width}, teacher rank {task.rank}, "
@@ -221,30 +225,30 @@ def analyse(task: Task, methods, lrs, scales, base_lr, default_scale, sweep, sca
       "median [quartiles]; not reached counts as infinite (-).",
       f"**At a common lr {base_lr}** (the grid's largest at which no seed of any method "
       "diverged):",
-      common.md_table(["method", "escape", "converged", "reached", "final loss/L(0)"],
+      stats.md_table(["method", "escape", "converged", "reached", "final loss/L(0)"],
                       rows_base),
       "**Learning-rate sweep**: median iterations to converge (seeds reaching it; seeds "
       "diverged by the end, i.e. final loss > 10 L(0) or not finite):",
-      common.md_table(["method"] + [f"lr {x:g}" for x in lrs], rows_sweep),
+      stats.md_table(["method"] + [f"lr {x:g}" for x in lrs], rows_sweep),
       "**Each method at its own best lr** (smallest median, no seed diverged):",
-      common.md_table(["method", "best lr", "converged", "reached"], rows_best),
+      stats.md_table(["method", "best lr", "converged", "reached"], rows_best),
       "**Paired speed-up** (per-seed iterations base / +layer, median [quartiles], seeds "
       "where both reached the threshold):",
-      common.md_table(["pair", "escape, same lr", "converged, same lr",
+      stats.md_table(["pair", "escape, same lr", "converged, same lr",
                        "converged, each at best lr"], rows_pair),
       "**Initial scale** s (per-layer gain at init), each method at its best lr: median "
       "iterations to escape / to converge (seeds converged):",
-      common.md_table(["method", "lr"] + [f"s = {s:g}" for s in scales], rows_scale),
+      stats.md_table(["method", "lr"] + [f"s = {s:g}" for s in scales], rows_scale),
   ])
   return out, table
 
 
 def plot(out_dir: Path, task: Task, methods, lrs, base_lr, sweep, results):
-  plt = common.plt()
+  plt = report.pyplot()
   i_base = lrs.index(base_lr)
   colors = {"gd": "C2", "sgd": "C0", "nag": "C1"}
-  style = lambda m: dict(color=colors[common.split_study_method(m)[0]],
-                         ls="-" if common.split_study_method(m)[1] else "--")
+  style = lambda m: dict(color=colors[split_method(m, optimizers.BASES)[0]],
+                         ls="-" if split_method(m, optimizers.BASES)[1] else "--")
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for m in methods:
     for ax, key in zip(axes, ("escape", "converge")):
@@ -258,13 +262,11 @@ def plot(out_dir: Path, task: Task, methods, lrs, base_lr, sweep, results):
            title=f"loss/L(0) < {thr} at lr {base_lr}")
     ax.grid(alpha=0.3)
   axes[0].legend()
-  fig.tight_layout()
-  fig.savefig(out_dir / "ecdf.png", dpi=120)
-  plt.close(fig)
+  report.save_figure(fig, out_dir / "ecdf.png", dpi=120)
 
   fig, ax = plt.subplots(figsize=(6, 4))
   for m in methods:
-    med, lo, hi = np.array([common.median_iqr(sweep[m]["converge"][i])
+    med, lo, hi = np.array([stats.median_iqr(sweep[m]["converge"][i])
                             for i in range(len(lrs))]).T
     clip = lambda v, cap=task.iters * 1.15: np.where(np.isfinite(v), v, cap)
     ax.plot(lrs, clip(med), marker="o", label=m, **style(m))
@@ -275,9 +277,7 @@ def plot(out_dir: Path, task: Task, methods, lrs, base_lr, sweep, results):
          ylabel="iterations to loss/L(0) < 0.05", title="median and quartiles over seeds")
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(out_dir / "lr_sweep.png", dpi=120)
-  plt.close(fig)
+  report.save_figure(fig, out_dir / "lr_sweep.png", dpi=120)
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   t = task.record_every * np.arange(1, task.iters // task.record_every + 1)
@@ -294,45 +294,46 @@ def plot(out_dir: Path, task: Task, methods, lrs, base_lr, sweep, results):
   for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend()
-  fig.tight_layout()
-  fig.savefig(out_dir / "curves.png", dpi=120)
-  plt.close(fig)
+  report.save_figure(fig, out_dir / "curves.png", dpi=120)
 
 
+@cli.reports_errors
 def main(argv=None):
-  p = common.parser(__doc__, seeds=20, iters=8000, name="saddle")
-  p.add_argument("--depth", type=int, default=6)
-  p.add_argument("--width", type=int, default=16)
-  p.add_argument("--rank", type=int, default=4)
-  p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--init-scale", type=float, default=0.3, help="per-layer gain s at init")
-  p.add_argument("--init-scales", type=common.floats, default=[0.2, 0.3, 0.5],
-                 help="second sweep over s, each method at its best lr")
-  p.add_argument("--lrs", type=common.floats, default=[0.002, 0.005, 0.01, 0.02, 0.05, 0.1])
-  p.add_argument("--base-lr", type=float, default=None,
-                 help="common lr (one of --lrs); default: the largest at which no seed of "
-                 "any method diverged")
-  p.add_argument("--methods", default="sgd,sgd+layer,nag,nag+layer")
-  p.add_argument("--record-every", type=int, default=10)
-  p.add_argument("--no-plots", action="store_true")
-  args = p.parse_args(argv)
+  parser = options.parser(__doc__, seeds=20, iters=8000, name="saddle")
+  parser.add_argument("--depth", type=cli.positive_int, default=6)
+  parser.add_argument("--width", type=cli.positive_int, default=16)
+  parser.add_argument("--rank", type=cli.positive_int, default=4)
+  parser.add_argument("--batch", type=cli.positive_int, default=16)
+  parser.add_argument("--init-scale", type=float, default=0.3, help="per-layer gain s at init")
+  parser.add_argument("--init-scales", type=cli.floats, default=[0.2, 0.3, 0.5],
+                      help="second sweep over s, each method at its best lr")
+  parser.add_argument("--lrs", type=cli.floats, default=[0.002, 0.005, 0.01, 0.02, 0.05, 0.1])
+  parser.add_argument("--base-lr", type=float, default=None,
+                      help="common lr (one of --lrs); default: the largest at which no seed of "
+                      "any method diverged")
+  parser.add_argument("--methods", default="sgd,sgd+layer,nag,nag+layer",
+                      type=method_names(optimizers.BASES))
+  parser.add_argument("--record-every", type=cli.positive_int, default=10)
+  args = parser.parse_args(argv)
+  if 2 * args.rank > args.width:
+    parser.error("--rank must be at most half of --width (the teacher's two factors)")
+  if args.base_lr is not None and args.base_lr not in args.lrs:
+    parser.error(f"--base-lr {args.base_lr} must be one of --lrs")
   task = Task(args.depth, args.width, args.rank, args.batch, args.iters, args.record_every)
-  methods = args.methods.split(",")
-  elapsed = common.timer()
+  cli.writable_folder(args.out)
+  elapsed = outputs.timer()
 
   sweep = {m: run_method(task, m, [(lr, args.init_scale) for lr in args.lrs], args.seeds)
-           for m in methods}
+           for m in args.methods}
   base_lr = args.base_lr if args.base_lr is not None else pick_base_lr(sweep, args.lrs)
-  if base_lr not in args.lrs:
-    p.error(f"--base-lr {base_lr} must be one of --lrs")
   scale_sweep = {m: run_method(task, m, [(args.lrs[best_lr_index(sweep[m])], s)
                                          for s in args.init_scales], args.seeds)
-                 for m in methods}
-  results, table = analyse(task, methods, args.lrs, args.init_scales, base_lr,
+                 for m in args.methods}
+  results, table = analyse(task, args.methods, args.lrs, args.init_scales, base_lr,
                            args.init_scale, sweep, scale_sweep)
   results.update(task=dataclasses.asdict(task), seeds=args.seeds, thresholds=THRESHOLDS)
-  common.finish("saddle", args, argv, results, table, elapsed,
-                lambda: plot(args.out, task, methods, args.lrs, base_lr, sweep, results))
+  outputs.finish("saddle", args, argv, results, table, elapsed,
+                lambda: plot(args.out, task, args.methods, args.lrs, base_lr, sweep, results))
   return results
 
 

@@ -19,10 +19,10 @@ and the training loss (minibatch) and test error every ``--eval-every`` iteratio
 
 Methods (momentum 0.9, constant lr, no weight decay, paired seeds: same initialisation and
 batch order): ``sgd`` and ``sgd+layer`` at ``--lr``, and ``sgd`` at the larger learning
-rates of ``--baseline-lrs``, which answer whether the effect is just a larger global rate
-(design.md section 6): a global rate scales all layers alike, the factor does not.
+rates of ``--baseline-lrs``, which answer whether the effect is just a larger global rate:
+a global rate scales all layers alike, the factor does not.
 
-Run: ``python studies/vanishing.py`` (5 seeds; about 6.5 minutes on 2 quiet CPU cores). With
+Run: ``python -m studies.vanishing`` (5 seeds; about 6.5 minutes on 2 quiet CPU cores). With
 Xavier fill this network does not learn in 3000 iterations under any of the methods; the
 second setting of docs/studies.md, ``--init-gain 4 --baseline-lrs 0.03 --out
 results/studies/vanishing/gain4``, multiplies the Xavier bound by 4 (sigmoid slope 1/4 times
@@ -40,18 +40,16 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-
-import layerwise_optax as lw  # noqa: E402
+import layerwise_optax as lo
+from examples.paper import cli, data, report, train
+from studies import optimizers, options, outputs, stats
 
 ACTIVATIONS = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}
 
@@ -102,14 +100,14 @@ def make_chunk(setup: Setup, method: str, train_x, train_y):
   names = layer_names(setup)
 
   def run(params, opt, init_kernels, order, lr):
-    tx = common.make_optimizer(method, lr)
+    tx = optimizers.make_optimizer(method, lr)
 
     def step(carry, idx):
       params, opt = carry
       loss, grads = jax.value_and_grad(lambda p: loss_fn(setup, p, train_x[idx],
                                                          train_y[idx]))(params)
       updates, opt = tx.update(grads, opt, params)
-      lf = lw.layer_factors(grads)  # the library's norms and factors, layers="module"
+      lf = lo.layer_factors(grads)  # the library's norms and factors, layers="module"
       norms = jnp.stack([lf[n].norm for n in names])
       factors = jnp.stack([lf[n].factor for n in names])
       return (optax.apply_updates(params, updates), opt), (loss, norms, factors)
@@ -131,16 +129,25 @@ def test_error(setup, params, test_x, test_y):
   return jnp.mean(jnp.argmax(forward(setup, params, test_x), -1) != test_y)
 
 
-def run_method(setup: Setup, method: str, lrs: list[float], seeds: int, data):
+def load_fashion_mnist(n_train: int | None = None, n_test: int | None = None):
+  """Fashion-MNIST as float32 ``(N, 784)`` in [0, 1) (Caffe's ``x / 256``) and int labels,
+  the first ``n_train``/``n_test`` examples, read with the harness's checked reader."""
+  dataset = data.load_dataset("fashion_mnist")
+  train_x = data.preprocess(dataset.train_images[:n_train]).reshape(-1, 784)
+  test_x = data.preprocess(dataset.test_images[:n_test]).reshape(-1, 784)
+  return train_x, dataset.train_labels[:n_train], test_x, dataset.test_labels[:n_test]
+
+
+def run_method(setup: Setup, method: str, lrs: list[float], seeds: int, arrays):
   """All learning rates x seeds of one method, vmapped; returns numpy histories."""
-  train_x, train_y, test_x, test_y = (jnp.asarray(a) for a in data)
+  train_x, train_y, test_x, test_y = (jnp.asarray(a) for a in arrays)
   params0 = jax.tree.map(lambda *a: np.stack(a), *[init_params(setup, s) for s in range(seeds)])
   # The harness's minibatch order; seeds offset so they differ from the LeNet runs'.
-  orders = np.stack([common.train_lib.make_order(10_000 + s, len(train_y), setup.iters,
+  orders = np.stack([train.make_order(10_000 + s, len(train_y), setup.iters,
                                                  setup.batch)
                      for s in range(seeds)])
   lr_arr = jnp.asarray(lrs, jnp.float32)
-  tx0 = common.make_optimizer(method, 0.0)
+  tx0 = optimizers.make_optimizer(method, 0.0)
   kernels0 = {n: params0[n]["kernel"] for n in layer_names(setup)}
   # Leading axes: (lr, seed).
   tile = lambda a: jnp.broadcast_to(a, (len(lrs),) + a.shape)
@@ -182,7 +189,7 @@ def analyse(setup: Setup, runs: dict, seeds: int):
         "grad_norm_mean_over_seeds": r["grad_norm"][0].mean(0),
         "factor_mean_over_seeds": f[0].mean(0),
         "distance_mean_over_seeds": r["distance"][0].mean(0),
-        "distance_std_over_seeds": common.mean_std(r["distance"][0])[1],
+        "distance_std_over_seeds": report.mean_std(r["distance"][0])[1],
         "train_loss_mean_over_seeds": r["train_loss"][0].mean(0),
         "test_error_per_seed": r["test_error"][0],
         "final_distance_per_seed": r["distance"][0, :, -1],
@@ -191,17 +198,17 @@ def analyse(setup: Setup, runs: dict, seeds: int):
     d_final = r["distance"][0, :, -1]
     ratio_final = d_final[:, 0] / d_final[:, -2]  # first hidden / last hidden layer
     fac_mean = f[0].mean((0, 1))  # over seeds and time
-    rows_profile.append([label] + [f"{common.fmt(fac_mean[i], 3)} / "
-                                   f"{common.fmt(d_final[:, i].mean(), 2)}"
+    rows_profile.append([label] + [f"{stats.fmt(fac_mean[i], 3)} / "
+                                   f"{stats.fmt(d_final[:, i].mean(), 2)}"
                                    for i in range(len(names))])
     err = r["test_error"][0, :, -1]
-    m_err, s_err = common.mean_std(err)
+    m_err, s_err = report.mean_std(err)
     rows_summary.append([
-        label, common.fmt(geo_norm[0], 2), common.fmt(geo_norm[-1], 2),
-        f"{common.fmt(d_early[:, 0].mean(), 2)}", f"{common.fmt(d_final[:, 0].mean(), 2)}",
-        f"{common.fmt(ratio_final.mean(), 3)} ± {common.fmt(ratio_final.std(ddof=1), 2)}"
-        if seeds > 1 else common.fmt(ratio_final.mean(), 3),
-        f"{common.fmt(window_mean(r['train_loss'])[0].mean(), 3)}",
+        label, stats.fmt(geo_norm[0], 2), stats.fmt(geo_norm[-1], 2),
+        f"{stats.fmt(d_early[:, 0].mean(), 2)}", f"{stats.fmt(d_final[:, 0].mean(), 2)}",
+        f"{stats.fmt(ratio_final.mean(), 3)} ± {stats.fmt(ratio_final.std(ddof=1), 2)}"
+        if seeds > 1 else stats.fmt(ratio_final.mean(), 3),
+        f"{stats.fmt(window_mean(r['train_loss'])[0].mean(), 3)}",
         f"{100 * m_err:.2f} ± {100 * s_err:.2f}"])
     out["runs"][label]["summary"] = {
         "distance_first_layer_early": d_early[:, 0], "distance_first_layer_final": d_final[:, 0],
@@ -216,14 +223,14 @@ def analyse(setup: Setup, runs: dict, seeds: int):
       f"MLP 784-{setup.width}x{setup.depth}-10, {setup.activation}, Xavier fill, batch "
       f"{setup.batch}, momentum 0.9, {setup.iters} iterations, {seeds} seeds (mean ± std). "
       "||g||: geometric mean over seeds and training.",
-      common.md_table(
+      stats.md_table(
           ["run", "||g|| layer 1", f"||g|| layer {setup.depth + 1}",
            f"layer-1 distance @ {t_early}", f"layer-1 distance @ {setup.iters}",
            f"distance layer 1 / layer {setup.depth}", "train loss (last 10%)",
            "test error %"], rows_summary),
       "Per layer (input first): mean factor over training / relative distance from init "
       f"at {setup.iters} (mean over seeds):",
-      common.md_table(["run"] + names, rows_profile),
+      stats.md_table(["run"] + names, rows_profile),
       f"Paired test-error difference {base} minus {lay} (percentage points, per seed): "
       + ", ".join(f"{100 * d:+.2f}" for d in diff)
       + f"; mean {100 * diff.mean():+.2f}.",
@@ -232,7 +239,7 @@ def analyse(setup: Setup, runs: dict, seeds: int):
 
 
 def plot(out_dir: Path, setup: Setup, runs: dict, results: dict):
-  plt = common.plt()
+  plt = report.pyplot()
   names = layer_names(setup)
   t = setup.record_every * np.arange(setup.iters // setup.record_every)
   cmap = plt.get_cmap("viridis")
@@ -255,9 +262,7 @@ def plot(out_dir: Path, setup: Setup, runs: dict, results: dict):
   axes[0, 0].legend(fontsize=6, ncol=2)
   for ax in axes.flat:
     ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(out_dir / "layers_over_time.png", dpi=110)
-  plt.close(fig)
+  report.save_figure(fig, out_dir / "layers_over_time.png", dpi=110)
 
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   x = np.arange(1, len(names) + 1)
@@ -277,44 +282,44 @@ def plot(out_dir: Path, setup: Setup, runs: dict, results: dict):
   for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(out_dir / "summary.png", dpi=110)
-  plt.close(fig)
+  report.save_figure(fig, out_dir / "summary.png", dpi=110)
 
 
-def main(argv=None, data=None):
-  p = common.parser(__doc__, seeds=5, iters=3000, name="vanishing")
-  p.add_argument("--depth", type=int, default=10, help="hidden layers")
-  p.add_argument("--width", type=int, default=128)
-  p.add_argument("--activation", choices=sorted(ACTIVATIONS), default="sigmoid")
-  p.add_argument("--init-gain", type=float, default=1.0,
-                 help="multiplies the Xavier bound of every kernel")
-  p.add_argument("--lr", type=float, default=0.01)
-  p.add_argument("--baseline-lrs", type=common.floats, default=[0.1],
-                 help="extra learning rates for plain sgd")
-  p.add_argument("--record-every", type=int, default=20)
-  p.add_argument("--eval-every", type=int, default=500)
-  p.add_argument("--n-train", type=int, default=None, help="use the first N training images")
-  p.add_argument("--n-test", type=int, default=None)
-  p.add_argument("--no-plots", action="store_true")
-  args = p.parse_args(argv)
+@cli.reports_errors
+def main(argv=None, arrays=None):
+  parser = options.parser(__doc__, seeds=5, iters=3000, name="vanishing")
+  parser.add_argument("--depth", type=cli.positive_int, default=10, help="hidden layers")
+  parser.add_argument("--width", type=cli.positive_int, default=128)
+  parser.add_argument("--activation", choices=sorted(ACTIVATIONS), default="sigmoid")
+  parser.add_argument("--init-gain", type=float, default=1.0,
+                      help="multiplies the Xavier bound of every kernel")
+  parser.add_argument("--lr", type=float, default=0.01)
+  parser.add_argument("--baseline-lrs", type=cli.floats, default=[0.1],
+                      help="extra learning rates for plain sgd")
+  parser.add_argument("--record-every", type=cli.positive_int, default=20)
+  parser.add_argument("--eval-every", type=cli.positive_int, default=500)
+  parser.add_argument("--n-train", type=cli.positive_int, default=None,
+                      help="use the first N training images")
+  parser.add_argument("--n-test", type=cli.positive_int, default=None)
+  args = parser.parse_args(argv)
   if args.iters % args.eval_every or args.eval_every % args.record_every:
-    p.error("--iters must be a multiple of --eval-every, and that of --record-every")
+    parser.error("--iters must be a multiple of --eval-every, and that of --record-every")
+  cli.writable_folder(args.out)
   setup = Setup(args.depth, args.width, args.activation, 64, args.iters, args.record_every,
                 args.eval_every, args.init_gain)
-  elapsed = common.timer()
-  if data is None:
-    data = common.load_fashion_mnist(args.n_train, args.n_test)
-  base = run_method(setup, "sgd", [args.lr] + args.baseline_lrs, args.seeds, data)
-  layer = run_method(setup, "sgd+layer", [args.lr], args.seeds, data)
+  elapsed = outputs.timer()
+  if arrays is None:
+    arrays = load_fashion_mnist(args.n_train, args.n_test)
+  base = run_method(setup, "sgd", [args.lr] + args.baseline_lrs, args.seeds, arrays)
+  layer = run_method(setup, "sgd+layer", [args.lr], args.seeds, arrays)
   runs = {f"sgd @ {lr:g}": {k: v[i:i + 1] for k, v in base.items()}
           for i, lr in enumerate([args.lr] + args.baseline_lrs)}
   runs = {f"sgd @ {args.lr:g}": runs.pop(f"sgd @ {args.lr:g}"),
           f"sgd+layer @ {args.lr:g}": layer, **runs}
   results, table = analyse(setup, runs, args.seeds)
   results.update(setup=dataclasses.asdict(setup), seeds=args.seeds, lr=args.lr,
-                 baseline_lrs=args.baseline_lrs, n_train=len(data[1]), n_test=len(data[3]))
-  common.finish("vanishing", args, argv, results, table, elapsed,
+                 baseline_lrs=args.baseline_lrs, n_train=len(arrays[1]), n_test=len(arrays[3]))
+  outputs.finish("vanishing", args, argv, results, table, elapsed,
                 lambda: plot(args.out, setup, runs, results))
   return results, runs
 

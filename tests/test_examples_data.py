@@ -1,36 +1,13 @@
-"""Readers and downloads of examples/paper/data.py on small generated files."""
+"""Readers of examples/paper/data.py on small generated files (downloads: test_downloads.py)."""
 
 import gzip
 import pickle
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
-from paper import data
 
-
-def idx_bytes(array: np.ndarray, magic: int) -> bytes:
-  header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
-  return header + array.astype(np.uint8).tobytes()
-
-
-def write_idx_folder(folder, n_train=12, n_test=5, gz=True, seed=0):
-  rng = np.random.default_rng(seed)
-  folder.mkdir(parents=True, exist_ok=True)
-  arrays = {}
-  for split, n in (("train", n_train), ("test", n_test)):
-    images_stem, labels_stem, _ = data.IDX_FILES[split]
-    x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    y = rng.integers(0, 10, (n,), dtype=np.uint8)
-    for stem, arr, magic in ((images_stem, x, 2051), (labels_stem, y, 2049)):
-      raw = idx_bytes(arr, magic)
-      if gz:
-        (folder / f"{stem}.gz").write_bytes(gzip.compress(raw))
-      else:
-        (folder / stem).write_bytes(raw)
-    arrays[split] = (x, y)
-  return arrays
+from examples.paper import data
+from tests.generated_data import cifar_records, idx_bytes, write_idx_folder
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -86,26 +63,8 @@ def test_idx_checksum_mismatch(tmp_path, monkeypatch):
 
 
 def test_missing_data_says_how_to_get_it(tmp_path):
-  with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+  with pytest.raises(data.InputError, match="apt-get install dataset-fashion-mnist"):
     data.load_dataset("fashion_mnist", tmp_path / "nothing")
-
-
-def test_download_default_folder_is_local_not_debian(tmp_path, monkeypatch):
-  """Without --data-dir and without Debian's package, --download writes ./data/NAME."""
-  monkeypatch.chdir(tmp_path)
-  monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
-  seen = []
-
-  def fake_download(name, folder, opener=None):
-    seen.append(Path(folder))
-    write_idx_folder(Path(folder), n_train=12, n_test=5)
-    return Path(folder)
-
-  monkeypatch.setattr(data, "download_idx", fake_download)
-  monkeypatch.setattr(data, "CONTENT_SHA256", {})
-  ds = data.load_dataset("fashion_mnist", download_missing=True, count=(12, 5))
-  assert seen == [Path("data") / "fashion_mnist"] and ds.test_images.shape == (5, 28, 28, 1)
-  assert not (tmp_path / "not-installed").exists()
 
 
 @pytest.mark.skipif(not (data.DEBIAN_FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").exists(),
@@ -113,13 +72,6 @@ def test_download_default_folder_is_local_not_debian(tmp_path, monkeypatch):
 def test_debian_fashion_mnist_matches_known_hashes():
   x, y = data.read_idx_split(data.DEBIAN_FASHION_MNIST, "test", "fashion_mnist")
   assert x.shape == (10000, 28, 28, 1) and np.bincount(y).tolist() == [1000] * 10
-
-
-def cifar_records(n, seed=0):
-  rng = np.random.default_rng(seed)
-  x = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
-  y = rng.integers(0, 10, (n,), dtype=np.uint8)
-  return x, y
 
 
 def test_cifar_binary(tmp_path):
@@ -162,53 +114,6 @@ def test_cifar_python(tmp_path):
   evil = pickle.dumps({b"data": __import__("collections").OrderedDict(), b"labels": []})
   with pytest.raises(ValueError, match="refusing to load collections.OrderedDict"):
     data.parse_cifar10_python(evil, "p", 4)
-
-
-def test_download_verifies_and_is_atomic(tmp_path):
-  payload = b"hello world" * 100
-  src = tmp_path / "src.bin"
-  src.write_bytes(payload)
-  dest = tmp_path / "out" / "file.bin"
-  good = data.sha256_bytes(payload)
-  data.download(src.as_uri(), dest, good)
-  assert dest.read_bytes() == payload
-  # A mismatch leaves neither the final nor a partial file, and keeps an existing file.
-  dest2 = tmp_path / "out" / "other.bin"
-  with pytest.raises(ValueError, match="sha256 mismatch"):
-    data.download(src.as_uri(), dest2, "f" * 64)
-  assert sorted(p.name for p in dest.parent.iterdir()) == ["file.bin"]
-  with pytest.raises(ValueError, match="sha256 mismatch"):
-    data.download(src.as_uri(), dest, "f" * 64)
-  assert dest.read_bytes() == payload
-
-
-def test_download_broken_connection_leaves_nothing(tmp_path):
-  class Broken:
-    def __enter__(self):
-      return self
-
-    def __exit__(self, *a):
-      return False
-
-    def read(self, n=-1):
-      raise ConnectionResetError("peer reset")
-
-  with pytest.raises(ConnectionResetError):
-    data.download("https://example.invalid/x", tmp_path / "x.gz", opener=lambda url: Broken())
-  assert list(tmp_path.iterdir()) == []
-
-
-def test_download_idx_checks_content_hash(tmp_path, monkeypatch):
-  src = tmp_path / "mirror"
-  write_idx_folder(src)
-  url = src.as_uri() + "/"
-  monkeypatch.setitem(data.IDX_URLS, "mnist", url)
-  data.download_idx("mnist", tmp_path / "got")
-  assert len(list((tmp_path / "got").glob("*.gz"))) == 4
-  monkeypatch.setitem(data.IDX_URLS, "fashion_mnist", url)
-  with pytest.raises(ValueError, match="sha256 mismatch"):
-    data.download_idx("fashion_mnist", tmp_path / "bad")
-  assert list((tmp_path / "bad").iterdir()) == []
 
 
 def test_preprocess():

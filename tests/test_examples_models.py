@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from paper import configs, data, models, train
+
+from examples.paper import configs, data, models, train
 
 
 @pytest.mark.parametrize("name, count, out", [

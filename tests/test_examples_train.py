@@ -1,25 +1,18 @@
 """Training harness (examples/paper): Caffe update rules, smoke runs, resume, CLI, report."""
 
 import json
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from paper import configs, data, methods, train
+
+from examples import reproduce
+from examples.paper import configs, methods, train
+from tests.generated_data import learnable_dataset, write_idx_folder
+from tests.reference import layer_factor
 
 ALL = configs.METHODS + configs.EXTRA_METHODS
-
-
-def generated(n_train=64, n_test=20, seed=0):
-  rng = np.random.default_rng(seed)
-  y = rng.integers(0, 10, n_train + n_test).astype(np.int32)
-  # Class-dependent bright square plus noise: learnable within a few steps.
-  x = rng.integers(0, 60, (n_train + n_test, 28, 28, 1), dtype=np.uint8)
-  for i, c in enumerate(y):
-    x[i, 2 * c:2 * c + 8, 4:12] = 250
-  return data.Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10)
 
 
 def test_inv_schedule():
@@ -28,10 +21,6 @@ def test_inv_schedule():
   assert float(lr(1000)) == pytest.approx(0.01 * 1.1 ** -0.75, rel=1e-6)
   steps = methods.schedule_fn(1e-3, configs.CIFAR10_FULL.solvers["sgd"].schedule)
   assert [float(steps(k)) for k in (59999, 60000, 65000)] == pytest.approx([1e-3, 1e-4, 1e-5])
-
-
-def _factor(g):
-  return 1 + math.log1p(1 / float(np.sqrt(sum(np.sum(np.square(x)) for x in g))))
 
 
 @pytest.mark.parametrize("method", ["sgd+layer", "nag+layer", "adagrad+layer", "nag"])
@@ -49,7 +38,7 @@ def test_update_rules_follow_caffe(method):
   h = {k: np.zeros_like(v) for k, v in w.items()}
   for g in grads:
     gd = {k: np.asarray(g["l"][k], np.float64) + wd * w[k] for k in w}
-    f = _factor(list(gd.values())) if method.endswith("+layer") else 1.0
+    f = layer_factor(list(gd.values())) if method.endswith("+layer") else 1.0
     updates, state = tx.update(g, state, params)
     params = jax.tree.map(lambda p, u: p + u, params, updates)
     for k in w:
@@ -71,7 +60,7 @@ def test_update_rules_follow_caffe(method):
 
 @pytest.fixture(scope="module")
 def tiny():
-  return generated()
+  return learnable_dataset()
 
 
 def test_smoke_every_method(tiny):
@@ -121,13 +110,10 @@ def test_paired_seeds_share_init_and_batches(tiny):
 
 
 def test_cli_end_to_end_and_report(tmp_path, monkeypatch):
-  import reproduce
-  from test_examples_data import write_idx_folder
-
-  write_idx_folder(tmp_path / "idx", n_train=60000, n_test=10000, gz=False)
+  write_idx_folder(tmp_path / "idx", n_train=64, n_test=20)
   out = tmp_path / "out"
-  argv = ["--dataset", "mnist", "--data-dir", str(tmp_path / "idx"), "--methods",
-          "sgd,sgd+layer", "--seeds", "2", "--iters", "20", "--batch-size", "8",
+  argv = ["--dataset", "mnist", "--data-dir", str(tmp_path / "idx"), "--split-sizes", "64,20",
+          "--methods", "sgd,sgd+layer", "--seeds", "2", "--iters", "20", "--batch-size", "8",
           "--out", str(out), "--no-progress"]
   results = reproduce.main(argv)
   assert results["sgd+layer"]["test_error"].shape == (2, 1)
@@ -146,20 +132,20 @@ def test_cli_end_to_end_and_report(tmp_path, monkeypatch):
   assert (out / "table.md").read_text() == table
 
 
-def test_cli_workers_match_one_process(tmp_path):
-  """--workers 2 trains seeds in two single-threaded processes and reports all of them."""
-  import reproduce
-  from test_examples_data import write_idx_folder
-
-  write_idx_folder(tmp_path / "idx", n_train=60000, n_test=10000, gz=False)
-  common = ["--dataset", "mnist", "--data-dir", str(tmp_path / "idx"), "--methods", "sgd+layer",
+def test_cli_workers_match_one_process(tmp_path, monkeypatch):
+  """--workers 2 trains seeds in two single-threaded processes and reports all of them;
+  the workers' progress reaches the parent's bar."""
+  write_idx_folder(tmp_path / "idx", n_train=64, n_test=20)
+  common = ["--dataset", "mnist", "--data-dir", str(tmp_path / "idx"), "--split-sizes", "64,20",
+            "--methods", "sgd+layer",
             "--seeds", "2", "--iters", "6", "--batch-size", "8", "--no-progress", "--no-plots"]
   one = reproduce.main(common + ["--out", str(tmp_path / "one")])
+  ticks = []
+  monkeypatch.setattr(reproduce, "progress_bar", lambda args, total: (ticks.append, list))
   two = reproduce.main(common + ["--out", str(tmp_path / "two"), "--workers", "2"])
   assert sorted(p.name for p in (tmp_path / "two" / "runs").iterdir()) == [
       "sgd+layer_seed0.npz", "sgd+layer_seed1.npz"]
-  assert [(tmp_path / "two" / "progress" / f"worker{w}.txt").read_text() for w in (0, 1)] == [
-      "6", "6"]
+  assert sum(ticks) == 2 * 6
   for key in ("train_loss", "factor", "test_error"):
     np.testing.assert_allclose(two["sgd+layer"][key], one["sgd+layer"][key], rtol=1e-5)
   saved = json.loads((tmp_path / "two" / "results.json").read_text())

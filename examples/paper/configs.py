@@ -48,66 +48,55 @@ class Protocol:
   name: str
   model: str
   batch_size: int
-  test_batch_size: int
   eval_iters: tuple[int, ...]
   solvers: dict[str, Solver]  # base method ("sgd", "nag", "adagrad", "adam") -> settings
-  datasets: tuple[str, ...]
+  datasets: tuple[str, ...]  # the datasets it is defined for
 
 
-_INV = Schedule("inv", gamma=1e-4, power=0.75)
+def solvers(base_lr: float, schedule: Schedule, weight_decay: float,
+            adam_lr: float) -> dict[str, Solver]:
+  """One protocol's solvers: SGD and NAG with momentum 0.9, AdaGrad without, all under
+  ``schedule``; Adam at a fixed ``adam_lr``; the same weight decay for all."""
+  return {
+      "sgd": Solver(base_lr, schedule, momentum=0.9, weight_decay=weight_decay),
+      "nag": Solver(base_lr, schedule, momentum=0.9, weight_decay=weight_decay),
+      "adagrad": Solver(base_lr, schedule, weight_decay=weight_decay),
+      "adam": Solver(adam_lr, Schedule("fixed"), weight_decay=weight_decay),
+  }
+
 
 MNIST = Protocol(
-    name="mnist", model="lenet", batch_size=64, test_batch_size=100,
+    name="mnist", model="lenet", batch_size=64,
     eval_iters=(100, 200, 500, 1000, 2000),
-    solvers={
-        "sgd": Solver(0.01, _INV, momentum=0.9, weight_decay=5e-4),
-        "nag": Solver(0.01, _INV, momentum=0.9, weight_decay=5e-4),
-        "adagrad": Solver(0.01, _INV, weight_decay=5e-4),
-        "adam": Solver(1e-3, Schedule("fixed"), weight_decay=5e-4),
-    },
+    solvers=solvers(0.01, Schedule("inv", gamma=1e-4, power=0.75), 5e-4, adam_lr=1e-3),
     datasets=("fashion_mnist", "mnist"))
 
-_QUICK = Schedule("multistep", gamma=0.1, steps=(4000,))
 CIFAR10_QUICK = Protocol(
-    name="cifar10_quick", model="cifar10_quick", batch_size=100, test_batch_size=100,
+    name="cifar10_quick", model="cifar10_quick", batch_size=100,
     eval_iters=(500, 1000, 2000, 4000, 5000),
-    solvers={
-        "sgd": Solver(1e-3, _QUICK, momentum=0.9, weight_decay=4e-3),
-        "nag": Solver(1e-3, _QUICK, momentum=0.9, weight_decay=4e-3),
-        "adagrad": Solver(1e-3, _QUICK, weight_decay=4e-3),
-        "adam": Solver(1e-3, Schedule("fixed"), weight_decay=4e-3),
-    },
+    solvers=solvers(1e-3, Schedule("multistep", gamma=0.1, steps=(4000,)), 4e-3,
+                    adam_lr=1e-3),
     datasets=("cifar10",))
 
-_FULL = Schedule("multistep", gamma=0.1, steps=(60000, 65000))
 CIFAR10_FULL = Protocol(
-    name="cifar10_full", model="cifar10_full", batch_size=100, test_batch_size=100,
+    name="cifar10_full", model="cifar10_full", batch_size=100,
     eval_iters=(5000, 10000, 20000, 40000, 60000, 65000, 70000),
-    solvers={
-        "sgd": Solver(1e-3, _FULL, momentum=0.9, weight_decay=4e-3),
-        "nag": Solver(1e-3, _FULL, momentum=0.9, weight_decay=4e-3),
-        "adagrad": Solver(1e-3, _FULL, weight_decay=4e-3),
-        "adam": Solver(1e-3, Schedule("fixed"), weight_decay=4e-3),
-    },
+    solvers=solvers(1e-3, Schedule("multistep", gamma=0.1, steps=(60000, 65000)), 4e-3,
+                    adam_lr=1e-3),
     datasets=("cifar10",))
 
-_ALEX = Schedule("multistep", gamma=0.1, steps=(100000, 200000, 300000, 400000))
 ALEXNET = Protocol(
-    name="alexnet", model="alexnet", batch_size=256, test_batch_size=50,
+    name="alexnet", model="alexnet", batch_size=256,
     eval_iters=(50000, 100000, 200000, 300000, 450000),
-    solvers={
-        "sgd": Solver(0.01, _ALEX, momentum=0.9, weight_decay=5e-4),
-        "nag": Solver(0.01, _ALEX, momentum=0.9, weight_decay=5e-4),
-        "adagrad": Solver(0.01, _ALEX, weight_decay=5e-4),
-        "adam": Solver(1e-4, Schedule("fixed"), weight_decay=5e-4),
-    },
+    solvers=solvers(0.01, Schedule("multistep", gamma=0.1,
+                                   steps=(100000, 200000, 300000, 400000)), 5e-4,
+                    adam_lr=1e-4),
     datasets=("imagenet",))
 
 PROTOCOLS = {p.name: p for p in (MNIST, CIFAR10_QUICK, CIFAR10_FULL, ALEXNET)}
 
 # Dataset -> its default protocol.
-DEFAULT_PROTOCOL = {"fashion_mnist": "mnist", "mnist": "mnist", "cifar10": "cifar10_full",
-                    "synthetic": "mnist"}
+DEFAULT_PROTOCOL = {"fashion_mnist": "mnist", "mnist": "mnist", "cifar10": "cifar10_full"}
 
 METHODS = ("sgd", "sgd+layer", "nag", "nag+layer", "adagrad", "adagrad+layer")
 EXTRA_METHODS = ("adam", "adam+layer")

@@ -1,6 +1,7 @@
 """Dataset readers (IDX for MNIST/Fashion-MNIST, CIFAR-10 binary and python), checked downloads.
 
-Every reader checks what it reads and raises ``ValueError`` naming the problem:
+Every reader checks what it reads and raises :class:`~examples.paper.cli.InputError` (a
+``ValueError``) naming the file, the problem and what to do:
 
 * IDX (LeCun et al.): a big-endian header ``0x00 0x00 <type 0x08 = uint8> <ndim>`` followed by
   ``ndim`` uint32 sizes and the data; images have magic 2051 (``0x00000803``, 3 dims), labels
@@ -11,15 +12,15 @@ Every reader checks what it reads and raises ``ValueError`` naming the problem:
 * CIFAR-10 python: pickled dicts with ``data`` (10000 x 3072 uint8) and ``labels``. They are
   unpickled with a restricted unpickler that only builds numpy arrays, never arbitrary objects.
 
-Checksums: :data:`CONTENT_SHA256` holds the sha256 of the *uncompressed* content of the files
-we could verify here (Fashion-MNIST, hashed from Debian's ``dataset-fashion-mnist``, whose
-re-gzipped archives differ byte-wise from Zalando's but hold the same IDX bytes). Content
-hashes stay valid whatever compression a mirror uses. For other files a caller passes its own
-``sha256=`` to :func:`download`; unknown files are read without a hash check.
-
-:func:`download` streams a URL to a temporary file in the target folder, verifies its sha256
-and only then renames it into place (``os.replace``, atomic on POSIX), so a failed or
-corrupt download never leaves a partial file under the final name.
+Downloads (:data:`REMOTE`): each file is checked against a published or measured checksum
+before it is renamed into place. MNIST's gzipped files and the CIFAR-10 python archive carry
+the MD5 sums their publishers (and torchvision) list; Fashion-MNIST carries the sha256 of the
+*uncompressed* IDX content (hashed from Debian's ``dataset-fashion-mnist``, whose re-gzipped
+archives differ byte-wise from Zalando's but hold the same bytes), which the reader also
+checks on every load. :func:`download` streams a URL to a temporary file in the target
+folder, verifies it and only then renames it (``os.replace``, atomic on POSIX); the CIFAR-10
+archive is extracted into a temporary folder renamed into place the same way. A failed or
+corrupt download leaves no file under the final name and raises :class:`InputError`.
 
 References:
   LeCun, Cortes, Burges, "The MNIST database", http://yann.lecun.com/exdb/mnist/ (IDX format).
@@ -36,12 +37,16 @@ import os
 import pickle
 import shutil
 import struct
+import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from .cli import InputError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -59,17 +64,46 @@ CONTENT_SHA256 = {
 
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60000),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10000)}
-IDX_URLS = {
-    "fashion_mnist": "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
-}
-CIFAR10_URLS = {
-    "binary": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-    "python": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-}
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 CIFAR_RECORD = 1 + 3 * 32 * 32
 CIFAR_PER_FILE = 10000
+CIFAR_FOLDER = "cifar-10-batches-py"
+
+
+class Remote(NamedTuple):
+  """A downloadable file: its URL and checksum (``hashlib`` algorithm, hex digest), taken of
+  the gunzipped content where ``of_content``."""
+
+  url: str
+  algorithm: str
+  digest: str
+  of_content: bool = False
+
+
+_MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+_FASHION = "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# Dataset -> {file name in its folder: Remote}.
+REMOTE = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": Remote(_MNIST + "train-images-idx3-ubyte.gz", "md5",
+                                             "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+        "train-labels-idx1-ubyte.gz": Remote(_MNIST + "train-labels-idx1-ubyte.gz", "md5",
+                                             "d53e105ee54ea40749a09fcbcd1e9432"),
+        "t10k-images-idx3-ubyte.gz": Remote(_MNIST + "t10k-images-idx3-ubyte.gz", "md5",
+                                            "9fb629c4189551a2d022fa330f9573f3"),
+        "t10k-labels-idx1-ubyte.gz": Remote(_MNIST + "t10k-labels-idx1-ubyte.gz", "md5",
+                                            "ec29112dd5afa0611ce80d1b7f02629c"),
+    },
+    "fashion_mnist": {
+        f"{stem}.gz": Remote(f"{_FASHION}{stem}.gz", "sha256",
+                             CONTENT_SHA256[f"fashion_mnist/{stem}"], of_content=True)
+        for stem in (name for split in IDX_FILES.values() for name in split[:2])
+    },
+    "cifar10": {
+        "cifar-10-python.tar.gz": Remote("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                                         "md5", "c58f30108f718f92721af3b95e74349a"),
+    },
+}
 
 
 class Dataset(NamedTuple):
@@ -92,37 +126,43 @@ def _read_maybe_gzip(path: Path) -> bytes:
     try:
       return gzip.decompress(raw)
     except (OSError, EOFError) as e:
-      raise ValueError(f"{path}: corrupt or truncated gzip file ({e})") from None
+      raise InputError(f"{path}: corrupt or truncated gzip file ({e}); fetch it again") from None
   return raw
 
 
-def check_sha256(data: bytes, expected: str | None, what: str) -> None:
-  if expected is not None and sha256_bytes(data) != expected:
-    raise ValueError(f"{what}: sha256 mismatch: got {sha256_bytes(data)}, expected {expected}")
+def check_digest(data: bytes, expected: str | None, what: str, algorithm: str = "sha256",
+                 fix: str = "the file is corrupt or not the published one; fetch it again") -> None:
+  """Raises :class:`InputError` unless ``data`` hashes to ``expected`` (``None``: no check)."""
+  if expected is None:
+    return
+  got = hashlib.new(algorithm, data).hexdigest()
+  if got != expected:
+    raise InputError(f"{what}: {algorithm} mismatch: got {got}, expected {expected}; {fix}")
 
 
 def parse_idx(data: bytes, what: str, magic: int, count: int | None = None,
               shape: tuple[int, ...] | None = None) -> np.ndarray:
   """Parses IDX bytes; checks magic, count, item shape and the exact length."""
   if len(data) < 4:
-    raise ValueError(f"{what}: truncated: {len(data)} bytes, no IDX header")
+    raise InputError(f"{what}: truncated: {len(data)} bytes, no IDX header")
   got_magic = struct.unpack(">I", data[:4])[0]
   if got_magic != magic:
-    raise ValueError(f"{what}: wrong magic number {got_magic:#010x}, expected {magic:#010x}")
+    raise InputError(f"{what}: wrong magic number {got_magic:#010x}, expected {magic:#010x}")
   ndim = data[3]
   header = 4 + 4 * ndim
   if len(data) < header:
-    raise ValueError(f"{what}: truncated header ({len(data)} bytes)")
+    raise InputError(f"{what}: truncated header ({len(data)} bytes)")
   dims = struct.unpack(f">{ndim}I", data[4:header])
   size = int(np.prod(dims, dtype=np.int64))
   if len(data) != header + size:
     kind = "truncated" if len(data) < header + size else "has trailing bytes"
-    raise ValueError(f"{what}: {kind}: {len(data)} bytes, expected {header + size} for "
+    raise InputError(f"{what}: {kind}: {len(data)} bytes, expected {header + size} for "
                      f"shape {dims}")
   if count is not None and dims[0] != count:
-    raise ValueError(f"{what}: wrong count {dims[0]}, expected {count}")
+    raise InputError(f"{what}: wrong count {dims[0]}, expected {count} (--split-sizes "
+                     "TRAIN,TEST gives the sizes of smaller files)")
   if shape is not None and tuple(dims[1:]) != tuple(shape):
-    raise ValueError(f"{what}: wrong item shape {tuple(dims[1:])}, expected {shape}")
+    raise InputError(f"{what}: wrong item shape {tuple(dims[1:])}, expected {shape}")
   return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
@@ -130,7 +170,7 @@ def _find(folder: Path, stem: str) -> Path:
   for name in (stem + ".gz", stem):
     if (folder / name).exists():
       return folder / name
-  raise FileNotFoundError(f"{folder}: neither {stem}.gz nor {stem} found")
+  raise InputError(f"{folder}: neither {stem}.gz nor {stem} found")
 
 
 def read_idx_split(folder: Path, split: str, key: str | None = None,
@@ -147,11 +187,11 @@ def read_idx_split(folder: Path, split: str, key: str | None = None,
     path = _find(Path(folder), stem)
     data = _read_maybe_gzip(path)
     if key is not None:
-      check_sha256(data, CONTENT_SHA256.get(f"{key}/{stem}"), str(path))
+      check_digest(data, CONTENT_SHA256.get(f"{key}/{stem}"), str(path))
     out.append(parse_idx(data, str(path), magic, n, shape))
   images, labels = out
   if labels.size and labels.max() >= 10:
-    raise ValueError(f"{folder}: label {labels.max()} out of range [0, 10)")
+    raise InputError(f"{folder}: label {labels.max()} out of range [0, 10)")
   return images[..., None], labels.astype(np.int32)
 
 
@@ -160,12 +200,12 @@ def parse_cifar10_binary(data: bytes, what: str,
   """One CIFAR-10 binary batch: (count, 32, 32, 3) uint8 images and labels."""
   if len(data) != count * CIFAR_RECORD:
     kind = "truncated" if len(data) < count * CIFAR_RECORD else "wrong size"
-    raise ValueError(f"{what}: {kind}: {len(data)} bytes, expected {count} records of "
+    raise InputError(f"{what}: {kind}: {len(data)} bytes, expected {count} records of "
                      f"{CIFAR_RECORD} bytes ({count * CIFAR_RECORD})")
   rec = np.frombuffer(data, np.uint8).reshape(count, CIFAR_RECORD)
   labels = rec[:, 0].astype(np.int32)
   if labels.max() >= 10:
-    raise ValueError(f"{what}: label {labels.max()} out of range [0, 10)")
+    raise InputError(f"{what}: label {labels.max()} out of range [0, 10)")
   return rec[:, 1:].reshape(count, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
@@ -188,17 +228,17 @@ def parse_cifar10_python(data: bytes, what: str,
   try:
     d = _ArrayUnpickler(io.BytesIO(data), encoding="bytes").load()
   except (pickle.UnpicklingError, EOFError, ValueError) as e:
-    raise ValueError(f"{what}: not a readable CIFAR-10 python batch ({e})") from None
+    raise InputError(f"{what}: not a readable CIFAR-10 python batch ({e})") from None
   if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
-    raise ValueError(f"{what}: missing 'data' or 'labels'")
+    raise InputError(f"{what}: missing 'data' or 'labels'")
   x, y = np.asarray(d[b"data"]), np.asarray(d[b"labels"], np.int32)
   if x.dtype != np.uint8 or x.shape != (count, 3072):
-    raise ValueError(f"{what}: wrong data shape {x.shape} ({x.dtype}), expected "
+    raise InputError(f"{what}: wrong data shape {x.shape} ({x.dtype}), expected "
                      f"({count}, 3072) uint8")
   if y.shape != (count,):
-    raise ValueError(f"{what}: wrong count {y.shape[0]} labels, expected {count}")
+    raise InputError(f"{what}: wrong count {y.shape[0]} labels, expected {count}")
   if y.max() >= 10 or y.min() < 0:
-    raise ValueError(f"{what}: label out of range [0, 10)")
+    raise InputError(f"{what}: label out of range [0, 10)")
   return x.reshape(count, 3, 32, 32).transpose(0, 2, 3, 1), y
 
 
@@ -211,47 +251,80 @@ def read_cifar10(folder: Path, count: int = CIFAR_PER_FILE) -> Dataset:
   binary = (folder / "test_batch.bin").exists()
   parse, ext = (parse_cifar10_binary, ".bin") if binary else (parse_cifar10_python, "")
   if not (folder / f"test_batch{ext}").exists():
-    raise FileNotFoundError(f"{folder}: no CIFAR-10 test_batch(.bin); extract "
-                            f"cifar-10-binary.tar.gz or cifar-10-python.tar.gz there")
-  parts = [parse((folder / f"data_batch_{i}{ext}").read_bytes(), f"data_batch_{i}{ext}", count)
-           for i in range(1, 6)]
-  test = parse((folder / f"test_batch{ext}").read_bytes(), f"test_batch{ext}", count)
+    raise InputError(f"{folder}: no CIFAR-10 test_batch(.bin); extract "
+                     "cifar-10-binary.tar.gz or cifar-10-python.tar.gz there, or pass --download")
+  def read(name):
+    path = folder / name
+    if not path.exists():
+      raise InputError(f"{path}: missing; extract the whole CIFAR-10 archive there")
+    return parse(path.read_bytes(), str(path), count)
+
+  parts = [read(f"data_batch_{i}{ext}") for i in range(1, 6)]
+  test = read(f"test_batch{ext}")
   return Dataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                  test[0], test[1], 10)
 
 
-def download(url: str, dest: Path, sha256: str | None = None, opener=urllib.request.urlopen,
-             gunzipped_sha256: bool = False) -> Path:
-  """Fetches ``url`` to ``dest`` atomically, verifying ``sha256`` first when given.
+def download(url: str, dest: Path, remote: Remote | None = None,
+             opener=urllib.request.urlopen) -> Path:
+  """Fetches ``url`` to ``dest`` atomically, verifying ``remote``'s checksum first.
 
-  With ``gunzipped_sha256`` the hash is of the decompressed content (see
-  :data:`CONTENT_SHA256`). On any failure the temporary file is removed and ``dest`` is left
-  as it was.
+  On any failure the temporary file is removed, ``dest`` is left as it was and (for a
+  network or checksum failure) :class:`InputError` says so.
   """
   dest = Path(dest)
   dest.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
   try:
-    with os.fdopen(fd, "wb") as f, opener(url) as response:
-      shutil.copyfileobj(response, f)
-    if sha256 is not None:
-      data = Path(tmp).read_bytes()
-      check_sha256(gzip.decompress(data) if gunzipped_sha256 else data, sha256, url)
+    try:
+      with os.fdopen(fd, "wb") as f, opener(url) as response:
+        shutil.copyfileobj(response, f)
+    except (urllib.error.URLError, OSError) as e:
+      reason = getattr(e, "reason", None) or e
+      raise InputError(f"could not fetch {url} ({reason}); check the network, or fetch the "
+                       f"file by hand and pass --data-dir") from None
+    if remote is not None:
+      content = Path(tmp).read_bytes()
+      if remote.of_content:
+        content = _read_maybe_gzip(Path(tmp))
+      check_digest(content, remote.digest, url, remote.algorithm,
+                   "the download is corrupt or the file changed upstream; try again")
     os.replace(tmp, dest)
-  except BaseException:
+  finally:
     Path(tmp).unlink(missing_ok=True)
-    raise
   return dest
 
 
-def download_idx(name: str, folder: Path, opener=urllib.request.urlopen) -> Path:
-  """Downloads the four gzipped IDX files of ``name`` (needs a network)."""
-  for split in ("train", "test"):
-    for stem in IDX_FILES[split][:2]:
-      if not (Path(folder) / f"{stem}.gz").exists():
-        download(IDX_URLS[name] + stem + ".gz", Path(folder) / f"{stem}.gz",
-                 CONTENT_SHA256.get(f"{name}/{stem}"), opener, gunzipped_sha256=True)
-  return Path(folder)
+def download_dataset(name: str, folder: Path, opener=urllib.request.urlopen) -> Path:
+  """Downloads the missing files of ``name`` (:data:`REMOTE`) into ``folder``; a CIFAR-10
+  archive is extracted to ``folder/cifar-10-batches-py`` and then removed."""
+  folder = Path(folder)
+  for filename, remote in REMOTE[name].items():
+    if not (folder / filename).exists() and not (folder / CIFAR_FOLDER).is_dir():
+      download(remote.url, folder / filename, remote, opener)
+  if name == "cifar10" and not (folder / CIFAR_FOLDER).is_dir():
+    archive = folder / next(iter(REMOTE[name]))
+    extract_folder(archive, CIFAR_FOLDER, folder)
+    archive.unlink()
+  return folder
+
+
+def extract_folder(archive: Path, member: str, folder: Path) -> Path:
+  """Extracts ``member`` (a folder) of a tar archive to ``folder/member``, atomically."""
+  tmp = Path(tempfile.mkdtemp(prefix=member + ".", suffix=".part", dir=folder))
+  try:
+    try:
+      with tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as e:
+      raise InputError(f"{archive}: unreadable archive ({e}); delete it and download "
+                       "again") from None
+    if not (tmp / member).is_dir():
+      raise InputError(f"{archive}: holds no {member}/; delete it and download again")
+    os.replace(tmp / member, folder / member)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return folder / member
 
 
 def data_help(name: str) -> str:
@@ -263,40 +336,48 @@ def data_help(name: str) -> str:
   if name == "mnist":
     return ("MNIST not found: pass --data-dir with the four *-ubyte(.gz) files, or --download "
             "(needs a network).")
-  return (f"{name}: pass --data-dir with the extracted cifar-10-batches-bin or "
-          "cifar-10-batches-py folder (https://www.cs.toronto.edu/~kriz/cifar.html).")
+  return ("CIFAR-10 not found: pass --download (needs a network) or --data-dir with the "
+          "extracted cifar-10-batches-bin or cifar-10-batches-py folder "
+          "(https://www.cs.toronto.edu/~kriz/cifar.html).")
+
+
+def default_folder(name: str) -> Path:
+  """Where ``name`` is read without ``--data-dir``: Debian's Fashion-MNIST package where it
+  is installed, else ``data/NAME`` (where ``--download`` writes)."""
+  if name == "fashion_mnist" and (DEBIAN_FASHION_MNIST / (IDX_FILES["test"][0] + ".gz")).exists():
+    return DEBIAN_FASHION_MNIST
+  return Path("data") / name
+
+
+def _present(name: str, folder: Path) -> bool:
+  if name == "cifar10":
+    return any((folder / sub / "test_batch").exists() or (folder / sub / "test_batch.bin").exists()
+               for sub in (".", CIFAR_FOLDER, "cifar-10-batches-bin"))
+  return any((folder / (IDX_FILES["test"][0] + ext)).exists() for ext in (".gz", ""))
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download_missing: bool = False,
                  count: tuple[int, int] | None = None) -> Dataset:
   """Loads ``name`` ('fashion_mnist', 'mnist', 'cifar10') with all checks.
 
-  ``data_dir`` defaults to Debian's ``/usr/share/datasets/fashion-mnist`` for Fashion-MNIST
-  where that package is installed, else to ``data/NAME`` (where ``--download`` writes).
-  ``count`` = (train, test) sizes for small generated files (tests); for CIFAR-10 every
-  batch file then holds ``count[1]`` records. Raises
-  ``FileNotFoundError`` with instructions when the files are missing.
+  ``data_dir`` defaults to :func:`default_folder`. ``count`` = (train, test) sizes for small
+  generated files (tests); for CIFAR-10 every batch file then holds ``count[1]`` records.
+  Missing files are downloaded with ``download_missing``; otherwise, and for every problem
+  with the files, :class:`InputError` says what to do.
   """
-  if name in ("fashion_mnist", "mnist"):
-    folder = Path(data_dir) if data_dir else Path("data") / name
-    if not data_dir and name == "fashion_mnist" and (DEBIAN_FASHION_MNIST / (
-        IDX_FILES["test"][0] + ".gz")).exists():
-      folder = DEBIAN_FASHION_MNIST  # offline default; downloads go to ./data instead
-    try:
-      _find(folder, IDX_FILES["test"][0])
-    except FileNotFoundError:
-      if not download_missing:
-        raise FileNotFoundError(data_help(name)) from None
-      download_idx(name, folder)
-    n_train, n_test = count if count else (None, None)
-    train = read_idx_split(folder, "train", name, n_train)
-    test = read_idx_split(folder, "test", name, n_test)
-    return Dataset(train[0], train[1], test[0], test[1], 10)
+  if name not in REMOTE:
+    raise InputError(f"unknown dataset {name!r}; use {', '.join(sorted(REMOTE))}")
+  folder = Path(data_dir) if data_dir else default_folder(name)
+  if not _present(name, folder):
+    if not download_missing:
+      raise InputError(data_help(name) + (f" (looked in {folder})" if data_dir else ""))
+    download_dataset(name, folder)
   if name == "cifar10":
-    if not data_dir:
-      raise FileNotFoundError(data_help(name))
-    return read_cifar10(Path(data_dir), count[1] if count else CIFAR_PER_FILE)
-  raise ValueError(f"unknown dataset {name!r}; use fashion_mnist, mnist or cifar10")
+    return read_cifar10(folder, count[1] if count else CIFAR_PER_FILE)
+  n_train, n_test = count if count else (None, None)
+  train = read_idx_split(folder, "train", name, n_train)
+  test = read_idx_split(folder, "test", name, n_test)
+  return Dataset(train[0], train[1], test[0], test[1], 10)
 
 
 def preprocess(images: np.ndarray, mean_image: np.ndarray | None = None) -> np.ndarray:

@@ -32,15 +32,19 @@ References:
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-import layerwise_optax as lw
+import layerwise_optax as lo
 
-from .configs import Schedule, Solver
+from .configs import EXTRA_METHODS, METHODS, Schedule, Solver
+
+# The base update rules of the paper's harness.
+BASES = ("sgd", "nag", "adagrad", "adam")
 
 
 def schedule_fn(base_lr: float, schedule: Schedule) -> optax.Schedule:
@@ -73,12 +77,39 @@ def scale_by_mult(lr_mult: Any) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
-def split_method(method: str) -> tuple[str, bool]:
-  """'nag+layer' -> ('nag', True)."""
+def split_method(method: str, bases: tuple[str, ...] = BASES) -> tuple[str, bool]:
+  """'nag+layer' -> ('nag', True); ``bases`` are the base methods a caller accepts."""
   base, _, suffix = method.partition("+")
-  if suffix not in ("", "layer") or base not in ("sgd", "nag", "adagrad", "adam"):
-    raise ValueError(f"unknown method {method!r}; use e.g. 'sgd' or 'sgd+layer'.")
+  if suffix not in ("", "layer") or base not in bases:
+    raise ValueError(f"unknown method {method!r}; use one of {', '.join(bases)}, "
+                     "optionally with +layer")
   return base, suffix == "layer"
+
+
+def method_list(spec: str, bases: tuple[str, ...] = BASES) -> list[str]:
+  """A ``--methods`` value: comma-separated names, or 'paper' (the six methods of Table I)
+  or 'all' (those and adam, adam+layer). Raises ``ValueError`` for an unknown name."""
+  if spec == "paper":
+    names = list(METHODS)
+  elif spec == "all":
+    names = list(METHODS + EXTRA_METHODS)
+  else:
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+  if not names:
+    raise ValueError("no method given")
+  for name in names:
+    split_method(name, bases)
+  return names
+
+
+def method_names(bases: tuple[str, ...] = BASES):
+  """An argparse type for a ``--methods`` option: :func:`method_list` over ``bases``."""
+  def parse(spec: str) -> list[str]:
+    try:
+      return method_list(spec, bases)
+    except ValueError as e:
+      raise argparse.ArgumentTypeError(str(e)) from None
+  return parse
 
 
 def make_optimizer(method: str, solver: Solver, lr_mult: Any, decay_mult: Any,
@@ -89,14 +120,14 @@ def make_optimizer(method: str, solver: Solver, lr_mult: Any, decay_mult: Any,
   decay = decay_by_mult(solver.weight_decay, decay_mult)
   mult = scale_by_mult(lr_mult)
   if base in ("sgd", "nag"):
-    factor = [lw.scale_by_layerwise_lr(layers)] if layerwise else []
+    factor = [lo.scale_by_layerwise_lr(layers)] if layerwise else []
     mu = solver.momentum or None
     return optax.chain(decay, *factor, mult, optax.sgd(lr, mu, nesterov=base == "nag"))
   if base == "adagrad":
     inner = optax.chain(optax.adagrad(lr, initial_accumulator_value=0.0, eps=1e-16), mult)
   else:
     inner = optax.chain(optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8), mult)
-  return optax.chain(decay, lw.with_layerwise_lr(inner, layers) if layerwise else inner)
+  return optax.chain(decay, lo.with_layerwise_lr(inner, layers) if layerwise else inner)
 
 
 def effective_lr(method: str, solver: Solver, step: Any, factor: Any) -> Any:

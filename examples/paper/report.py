@@ -20,10 +20,28 @@ from pathlib import Path
 import numpy as np
 
 
-def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mean_std(x: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and sample standard deviation (``ddof = 1``; 0 for a single sample) along ``axis``."""
   x = np.asarray(x, np.float64)
-  std = x.std(0, ddof=1) if x.shape[0] > 1 else np.zeros(x.shape[1:])
-  return x.mean(0), std
+  mean = x.mean(axis)
+  return mean, (x.std(axis, ddof=1) if x.shape[axis] > 1 else np.zeros_like(mean))
+
+
+def pyplot():
+  """``matplotlib.pyplot`` on the file-only Agg backend (imported on first use)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot
+
+  return matplotlib.pyplot
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+  """Lays out ``fig``, writes it to ``path`` and closes it."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  pyplot().close(fig)
 
 
 def markdown_table(results: dict[str, dict], eval_iters: list[int]) -> str:
@@ -33,7 +51,7 @@ def markdown_table(results: dict[str, dict], eval_iters: list[int]) -> str:
   lines = [f"Test error (%), mean ± std over {'/'.join(map(str, sorted(n)))} seeds.", "",
            head, "|---" * (len(eval_iters) + 1) + "|"]
   for method, r in results.items():
-    mean, std = _mean_std(100 * r["test_error"])
+    mean, std = mean_std(100 * r["test_error"])
     cells = " | ".join(f"{m:.2f} ± {s:.2f}" for m, s in zip(mean, std))
     lines.append(f"| {method} | {cells} |")
   return "\n".join(lines) + "\n"
@@ -53,7 +71,7 @@ def paired_table(results: dict[str, dict], eval_iters: list[int]) -> str:
     a = r["test_error"][[r["seeds"].index(s) for s in common]]
     b = layer["test_error"][[layer["seeds"].index(s) for s in common]]
     d = 100 * (b - a)
-    mean, std = _mean_std(d)
+    mean, std = mean_std(d)
     wins = (d < 0).sum(0)
     cells = " | ".join(f"{m:+.2f} ± {s:.2f} ({w}/{len(common)})"
                        for m, s, w in zip(mean, std, wins))
@@ -94,10 +112,7 @@ def write_csv(path: Path, results: dict[str, dict]) -> None:
 
 def plot_test_error(path: Path, results: dict[str, dict], title: str) -> None:
   """One panel per base method: base and +layer test error, mean with a ±1 std band."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = pyplot()
   bases = [m for m in results if "+" not in m]
   fig, axes = plt.subplots(1, len(bases), figsize=(4.2 * len(bases), 3.6), squeeze=False)
   for ax, base in zip(axes[0], bases):
@@ -105,7 +120,7 @@ def plot_test_error(path: Path, results: dict[str, dict], title: str) -> None:
       if method not in results:
         continue
       r = results[method]
-      mean, std = _mean_std(100 * r["test_error"])
+      mean, std = mean_std(100 * r["test_error"])
       ax.plot(r["eval_iters"], mean, "o-", color=color, label=f"{method} (n={len(r['seeds'])})")
       ax.fill_between(r["eval_iters"], mean - std, mean + std, color=color, alpha=0.2)
     ax.set_xscale("log")
@@ -115,17 +130,12 @@ def plot_test_error(path: Path, results: dict[str, dict], title: str) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend()
   fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path, dpi=110)
 
 
 def plot_effective_lr(path: Path, results: dict[str, dict], title: str) -> None:
   """Each layer's effective learning rate ``lr_k * f_l`` (mean over seeds), per +layer method."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = pyplot()
   layered = [m for m in results if m.endswith("+layer")]
   if not layered:
     return
@@ -145,9 +155,7 @@ def plot_effective_lr(path: Path, results: dict[str, dict], title: str) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
   fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path, dpi=110)
 
 
 def write_report(out: Path, results: dict[str, dict], config: dict, plots: bool = True) -> str:

@@ -1,20 +1,22 @@
 """Training and evaluation of one method over several seeds, with checkpoint and resume.
 
 Loop shape. One jitted step (buffers donated) called from a Python loop, one seed after
-another with the same compiled step. ``jax.vmap`` over seeds measured slower on XLA:CPU (it
-turns the convolutions into grouped ones): 5 LeNet seeds vmapped took 1.42 s per iteration,
-0.28 s per seed-step, against 0.20 s per seed-step run singly on the same loaded machine.
-The step draws its minibatch on device from a precomputed index table, so the loop makes no
+another with the same compiled step. ``jax.vmap`` over seeds measured slower per seed-step
+on XLA:CPU (it turns the convolutions into grouped ones), and so did a ``lax.scan`` over
+steps. The step draws its minibatch on device from a precomputed index table, so the loop makes no
 host transfer and no host sync: per-step losses, per-layer gradient norms and factors are
-written into on-device history buffers, and test errors are read back only at the end
-(on XLA:CPU a ``lax.scan`` over LeNet steps measured about 8x slower than this loop).
+written into on-device history buffers, and test errors are read back only at the end.
 
 Determinism and pairing. Seed ``s`` fixes the initial parameters (``jax.random.key(s)``),
 the minibatch order (a numpy ``default_rng(s)`` permutation per epoch) and dropout keys, and
 nothing else does: every method sees the same initialisation and batches for a given seed,
 so per-seed differences between methods are paired. A checkpoint holds the whole state
 (parameters, optimizer state, histories, test errors so far, iteration); resuming runs the
-same compiled step on the same inputs, so it continues bit-identically.
+same compiled step on the same inputs, so it continues bit-identically. Checkpoints and
+finished runs are written to a temporary file and renamed into place (``os.replace``), so a
+process killed at any point leaves either the previous file or the new one; a checkpoint
+records the configuration that wrote it and is refused (named, left in place) by a run of
+another configuration.
 
 Recorded per iteration ``k`` and layer ``l``: the norm of the gradient the factor sees
 (after weight decay), the factor ``f_l = 1 + log(1 + 1/||g_l||)`` and the effective learning
@@ -34,7 +36,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,11 +47,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import layerwise_optax as lw
+import layerwise_optax as lo
 
 from . import data as data_lib
 from . import methods as methods_lib
 from . import models as models_lib
+from .cli import InputError
 from .configs import Protocol
 
 
@@ -71,8 +76,6 @@ class TrainState(NamedTuple):
 
 # The per-seed curves a run returns and reproduce.py saves.
 RUN_KEYS = ("test_error", "train_loss", "grad_norm", "factor", "effective_lr")
-# XLA:CPU flags for a single-threaded worker process (two of them beat one 2-thread process).
-SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
 
 
 def eval_points(protocol: Protocol, iters: int,
@@ -109,7 +112,7 @@ def layer_names(protocol: Protocol, layers: Any = "module",
                 num_classes: int = 10) -> tuple[str, ...]:
   """The names of the protocol model's layers under ``layers`` grouping (no data needed)."""
   model = models_lib.MODELS[protocol.model](num_classes=num_classes)
-  return lw.make_plan(models_lib.abstract_params(model), layers).names
+  return lo.make_plan(models_lib.abstract_params(model), layers).names
 
 
 def make_order(seed: int, n_train: int, iters: int, batch: int) -> np.ndarray:
@@ -130,7 +133,7 @@ def make_recorder(solver, decay_mult: Any, layers: Any):
 
   def record(grads, params):
     g, _ = decay.update(grads, optax.EmptyState(), params)
-    lf = lw.layer_factors(g, layers)
+    lf = lo.layer_factors(g, layers)
     return (jnp.stack([v.norm for v in lf.values()]),
             jnp.stack([v.factor for v in lf.values()]))
   return record
@@ -185,7 +188,7 @@ def build_setup(protocol: Protocol, method: str, dataset: data_lib.Dataset,
   abstract = models_lib.abstract_params(model)
   lr_mult, decay_mult = models_lib.param_mults(model, abstract)
   tx = methods_lib.make_optimizer(method, solver, lr_mult, decay_mult, layers)
-  names = lw.make_plan(abstract, layers).names
+  names = lo.make_plan(abstract, layers).names
   mean = None if protocol.model == "lenet" else dataset.train_images.mean(0)
   return Setup(model, tx, make_recorder(solver, decay_mult, layers), names,
                jnp.asarray(data_lib.preprocess(dataset.train_images, mean)),
@@ -205,23 +208,42 @@ def init_state(setup: Setup, seed: int, iters: int, batch: int, n_eval: int) -> 
   return TrainState(jnp.zeros((), jnp.int32), s, jnp.asarray(order), key)
 
 
-def save_checkpoint(path: Path, state: TrainState) -> None:
-  """Writes all arrays of ``state`` to ``path`` (.npz), atomically."""
+def save_npz(path: Path, **arrays) -> None:
+  """``np.savez(path, **arrays)`` atomically: a temporary file renamed into place."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  leaves = jax.device_get(jax.tree.leaves(state))
   tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez(tmp, *leaves)
-  tmp.replace(path)
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, like: TrainState) -> TrainState:
-  """Restores a checkpoint into the structure (and dtypes) of ``like``."""
+def read_npz(path: Path, what: str, fix: str) -> dict[str, np.ndarray]:
+  """All arrays of an .npz file; an unreadable file raises :class:`InputError` naming it,
+  what it is and ``fix`` (how to proceed)."""
+  try:
+    with np.load(path) as f:
+      return {k: f[k] for k in f.files}
+  except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+    raise InputError(f"{path}: corrupt {what} ({type(e).__name__}: {e}); left in place: "
+                     f"{fix}") from None
+
+
+def save_checkpoint(path: Path, state: TrainState, tag: str) -> None:
+  """Writes all arrays of ``state`` and the ``tag`` of its configuration, atomically."""
+  leaves = jax.device_get(jax.tree.leaves(state))
+  save_npz(path, tag=np.array(tag), **{f"arr_{i}": a for i, a in enumerate(leaves)})
+
+
+def load_checkpoint(path: Path, like: TrainState, tag: str) -> TrainState:
+  """Restores a checkpoint of the configuration ``tag`` into the structure of ``like``."""
+  fix = "delete it to start this run afresh, or rerun the command that wrote it"
+  saved = read_npz(path, "checkpoint", fix)
   leaves, treedef = jax.tree.flatten(like)
-  with np.load(path) as f:
-    loaded = [f[f"arr_{i}"] for i in range(len(f.files))]
-  if len(loaded) != len(leaves) or any(a.shape != b.shape for a, b in zip(loaded, leaves)):
-    raise ValueError(f"{path}: checkpoint does not match this run's configuration")
+  loaded = [saved.get(f"arr_{i}") for i in range(len(leaves))]
+  if str(saved.get("tag", "")) != tag or any(
+      a is None or a.shape != b.shape for a, b in zip(loaded, leaves)):
+    raise InputError(f"{path}: checkpoint of another configuration ("
+                     f"{saved.get('tag', 'untagged')}, not {tag}); left in place: {fix}")
   return jax.tree.unflatten(treedef, [jnp.asarray(a, b.dtype) for a, b in zip(loaded, leaves)])
 
 
@@ -235,7 +257,7 @@ class Runner:
   def __init__(self, protocol: Protocol, method: str, dataset: data_lib.Dataset, iters: int,
                layers: Any = "module", eval_iters: tuple[int, ...] | None = None,
                batch_size: int | None = None, model_kwargs: dict | None = None):
-    self.protocol, self.method, self.iters = protocol, method, iters
+    self.protocol, self.method, self.iters, self.layers = protocol, method, iters, layers
     self.batch = batch_size or protocol.batch_size
     self.eval_iters = eval_points(protocol, iters, eval_iters)
     self.setup = setup = build_setup(protocol, method, dataset, layers, model_kwargs)
@@ -254,6 +276,11 @@ class Runner:
     self.train_one = jax.jit(train_one, donate_argnums=0)
     self.evaluate = jax.jit(evaluate, donate_argnums=0)
 
+  def tag(self, seed: int) -> str:
+    """The configuration of one seed's run, as its checkpoint records it."""
+    return (f"protocol={self.protocol!r} method={self.method} seed={seed} iters={self.iters} "
+            f"batch={self.batch} layers={self.layers} eval_iters={self.eval_iters}")
+
   def init(self, seed: int) -> TrainState:
     return init_state(self.setup, seed, self.iters, self.batch, len(self.eval_iters))
 
@@ -267,8 +294,9 @@ class Runner:
     """
     setup = self.setup
     state = self.init(seed)
+    tag = self.tag(seed)
     if checkpoint is not None and Path(checkpoint).exists():
-      state = load_checkpoint(checkpoint, state)
+      state = load_checkpoint(checkpoint, state, tag)
     end = self.iters if stop_after is None else min(self.iters, stop_after)
     t0 = time.perf_counter()
     for k in range(int(state.step), end):
@@ -276,11 +304,11 @@ class Runner:
       if k + 1 in self.eval_iters:
         state = self.evaluate(state, self.eval_iters.index(k + 1), setup.test_x, setup.test_y)
       if checkpoint is not None and (k + 1) % checkpoint_every == 0 and k + 1 < end:
-        save_checkpoint(checkpoint, state)
+        save_checkpoint(checkpoint, state, tag)
       if progress is not None:
         progress(1)
     if checkpoint is not None:
-      save_checkpoint(checkpoint, state)
+      save_checkpoint(checkpoint, state, tag)
     s = jax.device_get(state.seed)
     base, layerwise = methods_lib.split_method(self.method)
     solver = self.protocol.solvers[base]
@@ -295,13 +323,18 @@ class Runner:
 
 def save_run(path: Path, run: dict) -> None:
   """Writes one seed's curves (``RUN_KEYS``), its seed and wall time to ``path`` (.npz)."""
-  np.savez(path, seed=run["seed"], wall_s=run["wall_s"], **{k: run[k] for k in RUN_KEYS})
+  save_npz(path, seed=run["seed"], wall_s=run["wall_s"], **{k: run[k] for k in RUN_KEYS})
 
 
 def load_run(path: Path) -> dict:
   """One seed's run as :func:`save_run` wrote it (int seed, float wall time)."""
-  with np.load(path) as f:
-    return {k: f[k] for k in RUN_KEYS} | {"seed": int(f["seed"]), "wall_s": float(f["wall_s"])}
+  saved = read_npz(path, "finished run", "delete it to train that run again")
+  missing = [k for k in RUN_KEYS + ("seed", "wall_s") if k not in saved]
+  if missing:
+    raise InputError(f"{path}: not a finished run (no {', '.join(missing)}); left in place: "
+                     "delete it to train that run again")
+  return {k: saved[k] for k in RUN_KEYS} | {"seed": int(saved["seed"]),
+                                            "wall_s": float(saved["wall_s"])}
 
 
 def stack_runs(runs: list[dict]) -> dict:
@@ -312,13 +345,42 @@ def stack_runs(runs: list[dict]) -> dict:
   return out
 
 
-def train_and_evaluate(protocol: Protocol, method: str, dataset: data_lib.Dataset,
-                       seeds: list[int], iters: int, layers: Any = "module",
-                       eval_iters: tuple[int, ...] | None = None,
-                       batch_size: int | None = None) -> dict:
-  """Runs ``method`` for each seed in turn; returns curves with a leading seed axis."""
-  runner = Runner(protocol, method, dataset, iters, layers, eval_iters, batch_size)
-  out = stack_runs([runner.run(s) for s in seeds])
-  out.update(method=method, iters=iters, eval_iters=list(runner.eval_iters),
-             layer_names=list(runner.setup.layer_names))
-  return out
+class RunSpec(NamedTuple):
+  """One seed of one method under one protocol, as a picklable task for a worker pool.
+
+  With ``save_to`` the finished run is written there (:func:`save_run`) and its checkpoint,
+  ``checkpoint``, removed."""
+
+  protocol: Protocol
+  method: str
+  seed: int
+  iters: int
+  layers: Any = "module"
+  batch_size: int | None = None
+  checkpoint: Path | None = None
+  checkpoint_every: int = 500
+  save_to: Path | None = None
+
+
+_RUNNER: dict[str, Runner] = {}  # one compiled configuration per process, for the next seed
+
+
+def run_spec(dataset: data_lib.Dataset, spec: RunSpec, progress=None) -> dict:
+  """Trains ``spec`` (reusing the last compiled :class:`Runner` when the configuration is
+  the same); returns its curves without the parameters, with ``eval_iters`` and
+  ``layer_names``."""
+  key = repr((spec.protocol, spec.method, spec.iters, spec.layers, spec.batch_size,
+              id(dataset)))
+  if key not in _RUNNER:
+    _RUNNER.clear()
+    _RUNNER[key] = Runner(spec.protocol, spec.method, dataset, spec.iters, spec.layers,
+                          batch_size=spec.batch_size)
+  runner = _RUNNER[key]
+  run = runner.run(spec.seed, spec.checkpoint, spec.checkpoint_every, progress=progress)
+  run.pop("params")
+  if spec.save_to is not None:
+    save_run(spec.save_to, run)
+    if spec.checkpoint is not None:
+      Path(spec.checkpoint).unlink(missing_ok=True)
+  return run | {"eval_iters": list(runner.eval_iters),
+                "layer_names": list(runner.setup.layer_names)}

@@ -1,0 +1,79 @@
+"""One pool of single-threaded worker processes for independent training runs.
+
+``examples/reproduce.py --workers N`` and the LeNet studies train their seeds through
+:func:`run_tasks`: with one worker in the calling process, otherwise in ``N`` spawned
+processes, each loading the dataset once and running XLA:CPU single-threaded (two such
+processes on two cores train LeNet faster than one process using both, see the README). The
+XLA flag is set in each worker before its first computation, never in the calling process.
+Workers report progress (iterations done) through a queue; results come back as tasks
+finish, in any order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import queue as queue_lib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+# XLA:CPU without its intra-op thread pool (one core per worker process).
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
+
+_WORKER: dict[str, Any] = {}  # in a worker process: its dataset and progress queue
+
+
+def _start_worker(load_dataset: Callable[[], Any], progress_queue) -> None:
+  flags = os.environ.get("XLA_FLAGS", "")
+  os.environ["XLA_FLAGS"] = f"{flags} {SINGLE_THREAD_XLA}".strip()
+  _WORKER.update(dataset=load_dataset(), progress=progress_queue.put)
+
+
+def _run_in_worker(task_fn: Callable, task: Any) -> Any:
+  return task_fn(_WORKER["dataset"], task, _WORKER["progress"])
+
+
+def run_tasks(task_fn: Callable[[Any, Any, Callable[[int], None]], Any], tasks: Iterable,
+              workers: int, load_dataset: Callable[[], Any], dataset: Any = None,
+              on_result: Callable[[Any, Any], None] = lambda task, result: None,
+              progress: Callable[[int], None] = lambda n: None) -> None:
+  """Calls ``task_fn(dataset, task, progress)`` for every task; ``on_result(task, result)``
+  as each finishes.
+
+  ``load_dataset`` (picklable, e.g. a ``functools.partial``) gives each worker its dataset;
+  with ``workers == 1`` the tasks run here on ``dataset`` (or ``load_dataset()``). An
+  exception in a task cancels the rest and is raised here.
+  """
+  tasks = list(tasks)
+  if workers <= 1 or len(tasks) <= 1:
+    dataset = load_dataset() if dataset is None else dataset
+    for task in tasks:
+      on_result(task, task_fn(dataset, task, progress))
+    return
+  context = multiprocessing.get_context("spawn")
+  progress_queue = context.Queue()
+  with concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=context, initializer=_start_worker,
+      initargs=(load_dataset, progress_queue)) as pool:
+    futures = {pool.submit(_run_in_worker, task_fn, task): task for task in tasks}
+    pending = set(futures)
+    try:
+      while pending:
+        done, pending = concurrent.futures.wait(
+            pending, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED)
+        _drain(progress_queue, progress)
+        for future in done:
+          on_result(futures[future], future.result())
+    except BaseException:
+      pool.shutdown(cancel_futures=True)
+      raise
+  _drain(progress_queue, progress)
+
+
+def _drain(progress_queue, progress: Callable[[int], None]) -> None:
+  while True:
+    try:
+      progress(progress_queue.get_nowait())
+    except queue_lib.Empty:
+      return
