@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.typing import ArrayLike, DTypeLike
 
+from layerwise_optax._factor import concrete_value
 from layerwise_optax._grouping import LayersSpec, StackedSpec
 from layerwise_optax._transform import scale_by_layerwise_lr, with_layerwise_lr
 
@@ -28,13 +30,15 @@ def _weight_decay(weight_decay: ArrayLike) -> optax.GradientTransformation:
   Under ``inject_hyperparams`` the coefficient is an array whose value the trace cannot see,
   so it always applies (and needs ``params``); both forms have the state ``EmptyState()``.
   """
-  if not isinstance(weight_decay, jax.core.Tracer):
-    value = np.asarray(weight_decay)
-    if value.ndim != 0 or not value >= 0:
-      raise ValueError(f"weight_decay must be a scalar >= 0; got {weight_decay!r}.")
-    if isinstance(weight_decay, (int, float, np.number)) and value == 0:
-      return optax.identity()
-  return optax.add_decayed_weights(weight_decay)
+  value = concrete_value(weight_decay)
+  if value is None:
+    return optax.add_decayed_weights(jnp.asarray(weight_decay))
+  if value.ndim != 0 or not value >= 0:
+    raise ValueError(f"weight_decay must be a scalar >= 0; got {weight_decay!r}.")
+  if isinstance(weight_decay, (int, float, np.number)) and value == 0:
+    return optax.identity()
+  return optax.add_decayed_weights(weight_decay if isinstance(weight_decay, jax.Array)
+                                   else float(value))
 
 
 def sgd(learning_rate: optax.ScalarOrSchedule, momentum: ArrayLike | None = None,

@@ -40,6 +40,14 @@ from jax.typing import ArrayLike, DTypeLike
 from layerwise_optax._grouping import LayerPlan
 
 
+def concrete_value(x: ArrayLike) -> np.ndarray | None:
+  """``x`` as a NumPy array, or ``None`` for a traced value (``inject_hyperparams``, ``jit``)."""
+  try:
+    return np.asarray(x)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return None
+
+
 def compute_dtype(dtype: DTypeLike) -> np.dtype:
   """float32 at least; float64 stays float64; complex maps to its real dtype."""
   real = jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.inexact) else jnp.float32

@@ -94,8 +94,7 @@ def _key_name(key: Any) -> str:
 
 def _normalise(path: KeyPath) -> KeyPath:
   """Drops the trailing ``.value`` of a flax.nnx Variable."""
-  last = path[-1] if path else None
-  if isinstance(last, jax.tree_util.GetAttrKey) and last.name == "value":
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
     return path[:-1]
   return path
 

@@ -29,7 +29,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -136,9 +136,9 @@ class WithLayerwiseLrState(NamedTuple):
 
 
 def _check_eps(eps: ArrayLike) -> None:
-  if isinstance(eps, jax.core.Tracer):
+  value = _factor.concrete_value(eps)
+  if value is None:
     return
-  value = np.asarray(eps)
   if value.ndim != 0 or not np.isfinite(value) or value < 0:
     raise ValueError(f"norm_eps must be a finite scalar >= 0; got {eps!r}.")
 
@@ -325,7 +325,8 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
     del params
     plan, sums, factors = _factors_of(updates, layers, stacked, norm_eps, axis_name)
     if keep_stats:
-      state = LayerwiseLrState(_like(_stats(plan, sums, factors), state.layer_stats))
+      previous = cast(LayerwiseLrState, state).layer_stats
+      state = LayerwiseLrState(_like(_stats(plan, sums, factors), previous))
     return _scale_tree(updates, plan, factors), state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -400,13 +401,12 @@ def with_layerwise_lr(inner: optax.GradientTransformation, layers: LayersSpec = 
                 params: optax.Params | None = None,
                 **extra_args: object) -> tuple[optax.Updates, optax.OptState]:
     plan, sums, factors = _factors_of(updates, layers, stacked, norm_eps, axis_name)
-    inner_state = state.inner_state if keep_stats else state
+    if not keep_stats:
+      inner_updates, state = wrapped.update(updates, state, params, **extra_args)
+      return _scale_tree(inner_updates, plan, factors), state
+    inner_state, previous = cast(WithLayerwiseLrState, state)
     inner_updates, inner_state = wrapped.update(updates, inner_state, params, **extra_args)
-    if keep_stats:
-      new_state = WithLayerwiseLrState(
-          inner_state, _like(_stats(plan, sums, factors), state.layer_stats))
-    else:
-      new_state = inner_state
-    return _scale_tree(inner_updates, plan, factors), new_state
+    stats = _like(_stats(plan, sums, factors), previous)
+    return _scale_tree(inner_updates, plan, factors), WithLayerwiseLrState(inner_state, stats)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
