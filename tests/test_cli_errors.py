@@ -1,0 +1,181 @@
+"""Every command answers --help, and bad input with one stderr line and a non-zero exit.
+
+Usage errors exit 2, problems found while running (files, downloads, checkpoints) exit 1;
+never a traceback. The commands' ``main`` functions are called in-process (fast); one
+subprocess checks the ``python -m`` form itself.
+"""
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_step
+from examples import reproduce
+from examples.paper import configs, data, train
+from studies import grouping, lr_sensitivity, saddle, vanishing
+from tests.generated_data import idx_bytes, write_idx_folder
+
+COMMANDS = {"examples.reproduce": reproduce.main, "studies.saddle": saddle.main,
+            "studies.vanishing": vanishing.main, "studies.lr_sensitivity": lr_sensitivity.main,
+            "studies.grouping": grouping.main, "benchmarks.bench_step": bench_step.main}
+
+
+def one_line_error(main, argv, capsys) -> tuple[int, str]:
+  """(exit status, the stderr line) of a failing command; asserts it is one line."""
+  with pytest.raises(SystemExit) as exit_info:
+    main(argv)
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, err
+  return exit_info.value.code, err.strip()
+
+
+@pytest.mark.parametrize("module", sorted(COMMANDS))
+def test_help(module, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    COMMANDS[module](["--help"])
+  assert exit_info.value.code == 0
+  assert capsys.readouterr().out.startswith(f"usage: python -m {module} ")
+
+
+def test_python_dash_m_runs_from_the_repository_root():
+  root = Path(__file__).resolve().parents[1]
+  done = subprocess.run([sys.executable, "-m", "examples.reproduce", "--seeds", "0"], cwd=root,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and done.stdout == ""
+  assert done.stderr == ("python -m examples.reproduce: error: argument --seeds: 0 must be at "
+                         "least 1 (see --help)\n")
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("examples.reproduce", ["--dataset", "imagenet"], "argument --dataset: invalid choice"),
+    ("examples.reproduce", ["--protocol", "lenet5"], "argument --protocol: invalid choice"),
+    ("examples.reproduce", ["--protocol", "cifar10_quick"], "protocol cifar10_quick is for "
+                                                            "cifar10, not fashion_mnist"),
+    ("examples.reproduce", ["--methods", "sgd,rmsprop"], "unknown method 'rmsprop'"),
+    ("examples.reproduce", ["--seeds", "0"], "argument --seeds: 0 must be at least 1"),
+    ("examples.reproduce", ["--iters", "-5"], "argument --iters: -5 must be at least 1"),
+    ("examples.reproduce", ["--batch-size", "0"], "argument --batch-size: 0 must be"),
+    ("examples.reproduce", ["--split-sizes", "64"], "--split-sizes takes two numbers"),
+    ("studies.saddle", ["--seeds", "0"], "argument --seeds: 0 must be at least 1"),
+    ("studies.saddle", ["--methods", "adagrad"], "unknown method 'adagrad'; use one of gd, sgd"),
+    ("studies.saddle", ["--lrs", "0.1,x"], "is not a comma-separated list of numbers"),
+    ("studies.saddle", ["--base-lr", "0.3"], "--base-lr 0.3 must be one of --lrs"),
+    ("studies.saddle", ["--rank", "9"], "--rank must be at most half of --width"),
+    ("studies.vanishing", ["--iters", "0"], "argument --iters: 0 must be at least 1"),
+    ("studies.vanishing", ["--iters", "700"], "--iters must be a multiple of --eval-every"),
+    ("studies.lr_sensitivity", ["--methods", "sgd+lars"], "unknown method 'sgd+lars'"),
+    ("studies.grouping", ["--bases", "sgd+layer"], "--bases takes base methods"),
+    ("studies.grouping", ["--workers", "0"], "argument --workers: 0 must be at least 1"),
+    ("benchmarks.bench_step", ["--reps", "0"], "argument --reps: 0 must be at least 1"),
+    ("benchmarks.bench_step", ["--trees", "LeNet,VGG"], "unknown tree or network 'VGG'"),
+    ("benchmarks.bench_step", ["--budget", "-1"], "--budget -1.0 must be at least 0"),
+])
+def test_usage_errors(module, argv, message, capsys):
+  code, err = one_line_error(COMMANDS[module], argv, capsys)
+  assert code == 2 and err.startswith(f"python -m {module}: error: ") and message in err
+  assert err.endswith("(see --help)")
+
+
+@pytest.mark.parametrize("module", ["examples.reproduce", "studies.saddle", "studies.vanishing",
+                                    "studies.lr_sensitivity", "studies.grouping"])
+def test_unwritable_out(module, tmp_path, capsys):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  code, err = one_line_error(COMMANDS[module], ["--out", str(blocker / "out")], capsys)
+  assert code == 1 and err.startswith(f"error: cannot write to {blocker / 'out'} (")
+  assert err.endswith("pass another --out")
+
+
+def test_unwritable_bench_json(tmp_path, capsys):
+  (tmp_path / "file").write_text("")
+  code, err = one_line_error(bench_step.main, ["--json", str(tmp_path / "file" / "x.json")],
+                             capsys)
+  assert code == 1 and err.startswith("error: cannot write to ")
+
+
+def mnist_folder(folder: Path) -> Path:
+  write_idx_folder(folder, n_train=64, n_test=20)
+  return folder
+
+
+def damage(folder: Path, how: str) -> Path:
+  """Damages the test-images file of an IDX folder; returns its path."""
+  path = folder / "t10k-images-idx3-ubyte.gz"
+  raw = gzip.decompress(path.read_bytes())
+  if how == "corrupt":
+    path.write_bytes(b"\x1f\x8b" + b"not gzip at all")
+  elif how == "truncated":
+    path.write_bytes(gzip.compress(raw[:-100]))
+  elif how == "wrong magic":
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros((20, 28, 28)), data.LABEL_MAGIC)))
+  elif how == "wrong count":
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros((19, 28, 28)), data.IMAGE_MAGIC)))
+  return path
+
+
+def reproduce_argv(folder: Path, out: Path, *extra: str) -> list[str]:
+  return ["--dataset", "mnist", "--data-dir", str(folder), "--split-sizes", "64,20",
+          "--methods", "sgd", "--seeds", "1", "--iters", "3", "--batch-size", "8",
+          "--out", str(out), "--no-progress", "--no-plots", *extra]
+
+
+@pytest.mark.parametrize("how, message", [
+    ("corrupt", "corrupt or truncated gzip file"),
+    ("truncated", "truncated: 15596 bytes, expected 15696"),
+    ("wrong magic", "wrong magic number 0x00000801, expected 0x00000803"),
+    ("wrong count", "wrong count 19, expected 20 (--split-sizes TRAIN,TEST"),
+])
+def test_bad_data_files(tmp_path, capsys, how, message):
+  path = damage(mnist_folder(tmp_path / "idx"), how)
+  code, err = one_line_error(reproduce.main, reproduce_argv(tmp_path / "idx", tmp_path / "out"),
+                             capsys)
+  assert code == 1 and err.startswith(f"error: {path}") and message in err
+
+
+def test_full_size_count_without_split_sizes(tmp_path, capsys):
+  mnist_folder(tmp_path / "idx")
+  argv = reproduce_argv(tmp_path / "idx", tmp_path / "out")
+  del argv[4:6]  # no --split-sizes: the files must hold the dataset's 60,000 / 10,000
+  code, err = one_line_error(reproduce.main, argv, capsys)
+  assert code == 1 and "wrong count 64, expected 60000" in err
+
+
+def test_missing_data_folder(tmp_path, capsys):
+  code, err = one_line_error(reproduce.main,
+                             reproduce_argv(tmp_path / "none", tmp_path / "out"), capsys)
+  assert code == 1 and err.startswith("error: MNIST not found: pass --data-dir")
+  assert err.endswith(f"(looked in {tmp_path / 'none'})")
+
+
+@pytest.fixture(scope="module")
+def other_checkpoint(tmp_path_factory):
+  """A valid checkpoint of seed 0 of sgd, but of a 5-iteration run."""
+  folder = mnist_folder(tmp_path_factory.mktemp("idx"))
+  dataset = data.load_dataset("mnist", folder, count=(64, 20))
+  runner = train.Runner(configs.MNIST, "sgd", dataset, 5, batch_size=8)
+  path = folder.parent / "other.npz"
+  train.save_checkpoint(path, runner.init(0), runner.tag(0))
+  return folder, path
+
+
+@pytest.mark.parametrize("kind", ["corrupt checkpoint", "other checkpoint", "corrupt run"])
+def test_bad_checkpoint_or_run_is_named_and_kept(tmp_path, capsys, other_checkpoint, kind):
+  folder, other = other_checkpoint
+  out = tmp_path / "out"
+  sub = "runs" if kind == "corrupt run" else "ckpt"
+  path = out / sub / "sgd_seed0.npz"
+  path.parent.mkdir(parents=True)
+  content = other.read_bytes() if kind == "other checkpoint" else b"PK\x03\x04 truncated"
+  path.write_bytes(content)
+  code, err = one_line_error(reproduce.main, reproduce_argv(folder, out), capsys)
+  assert code == 1 and err.startswith(f"error: {path}: ")
+  if kind == "other checkpoint":
+    assert "checkpoint of another configuration (" in err and "iters=5" in err
+  else:
+    assert f"corrupt {'finished run' if kind == 'corrupt run' else 'checkpoint'}" in err
+  assert "left in place: delete it to" in err
+  assert path.read_bytes() == content
