@@ -13,10 +13,12 @@ mkdir -p "$out"
 profile=$(mktemp -d); trap 'rm -rf "$profile"' EXIT
 for page in "${pages[@]}"; do
   png="$out/$(basename "${page%.html}").png"
-  # The virtual time budget lets MathJax typeset before the capture.
+  # The virtual time budget lets MathJax typeset before the capture; the dead proxy keeps
+  # the page offline, so formulas that render here render without internet.
   "$browser" --headless --no-sandbox --disable-gpu --disable-background-networking \
     --disable-component-update --disable-sync --no-first-run --user-data-dir="$profile" \
-    --hide-scrollbars --virtual-time-budget=5000 --window-size=${WIDTH:-1280},${HEIGHT:-1600} \
+    --proxy-server=http://127.0.0.1:9 --hide-scrollbars --virtual-time-budget=5000 \
+    --window-size="${WIDTH:-1280},${HEIGHT:-1600}" \
     --screenshot="$png" "file://$PWD/docs/_build/html/$page" 2>/dev/null
   echo "$png"
 done
