@@ -30,38 +30,41 @@ from examples.paper import cli, configs, data, methods, pool, report, train
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = cli.Parser(prog="python -m examples.reproduce", description=__doc__.split("\n")[0])
-  p.add_argument("--dataset", default="fashion_mnist", choices=sorted(configs.DEFAULT_PROTOCOL))
-  p.add_argument("--protocol", default=None, choices=sorted(configs.PROTOCOLS),
-                 help="default: mnist for (fashion_)mnist, cifar10_full for cifar10")
-  p.add_argument("--methods", default="paper", type=methods.method_names(),
-                 help="comma-separated, e.g. sgd,sgd+layer; 'paper' = the six methods, "
+  parser = cli.Parser(prog="python -m examples.reproduce", description=__doc__.split("\n")[0])
+  parser.add_argument("--dataset", default="fashion_mnist",
+                      choices=sorted(configs.DEFAULT_PROTOCOL))
+  parser.add_argument("--protocol", default=None, choices=sorted(configs.PROTOCOLS),
+                      help="default: mnist for (fashion_)mnist, cifar10_full for cifar10")
+  parser.add_argument("--methods", default="paper", type=methods.method_names(),
+                      help="comma-separated, e.g. sgd,sgd+layer; 'paper' = the six methods, "
                       "'all' = those plus adam,adam+layer")
-  p.add_argument("--seeds", type=cli.positive_int, default=10, help="number of seeds")
-  p.add_argument("--first-seed", type=int, default=0)
-  p.add_argument("--iters", type=cli.positive_int, default=2000)
-  p.add_argument("--layers", default="module", choices=["module", "array"],
-                 help="module: one factor per layer (weights+bias); array: per blob, Caffe's")
-  p.add_argument("--batch-size", type=cli.positive_int, default=None,
-                 help="default: the protocol's")
-  p.add_argument("--data-dir", default=None)
-  p.add_argument("--download", action="store_true", help="fetch missing public files")
-  p.add_argument("--split-sizes", type=cli.positive_ints, default=None, metavar="TRAIN,TEST",
-                 help="the number of train and test images the data files hold, for small "
+  parser.add_argument("--seeds", type=cli.positive_int, default=10, help="number of seeds")
+  parser.add_argument("--first-seed", type=int, default=0)
+  parser.add_argument("--iters", type=cli.positive_int, default=2000)
+  parser.add_argument("--layers", default="module", choices=["module", "array"],
+                      help="module: one factor per layer (weights+bias); array: per blob, Caffe's")
+  parser.add_argument("--batch-size", type=cli.positive_int, default=None,
+                      help="default: the protocol's")
+  parser.add_argument("--data-dir", default=None)
+  parser.add_argument("--download", action="store_true", help="fetch missing public files")
+  parser.add_argument("--split-sizes", type=cli.positive_ints, default=None, metavar="TRAIN,TEST",
+                      help="the number of train and test images the data files hold, for small "
                       "generated data (default: the dataset's)")
-  p.add_argument("--out", default="runs/fashion_mnist")
-  p.add_argument("--checkpoint-every", type=cli.positive_int, default=500)
-  p.add_argument("--no-plots", action="store_true")
-  p.add_argument("--no-progress", action="store_true")
-  p.add_argument("--workers", type=cli.positive_int, default=1,
-                 help="train in N single-threaded processes")
-  args = p.parse_args(argv)
+  parser.add_argument("--out", default="runs/fashion_mnist")
+  parser.add_argument("--checkpoint-every", type=cli.positive_int, default=500)
+  parser.add_argument("--no-plots", action="store_true")
+  parser.add_argument("--no-progress", action="store_true")
+  parser.add_argument("--workers", type=cli.positive_int, default=1,
+                      help="train in N single-threaded processes")
+  args = parser.parse_args(argv)
   args.protocol = configs.PROTOCOLS[args.protocol or configs.DEFAULT_PROTOCOL[args.dataset]]
   if args.dataset not in args.protocol.datasets:
-    p.error(f"protocol {args.protocol.name} is for {', '.join(args.protocol.datasets)}, "
+    parser.error(f"protocol {args.protocol.name} is for {', '.join(args.protocol.datasets)}, "
             f"not {args.dataset}")
+  if args.first_seed < 0:
+    parser.error(f"--first-seed {args.first_seed} must be at least 0")
   if args.split_sizes is not None and len(args.split_sizes) != 2:
-    p.error("--split-sizes takes two numbers, TRAIN,TEST")
+    parser.error("--split-sizes takes two numbers, TRAIN,TEST")
   return args
 
 

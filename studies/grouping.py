@@ -11,12 +11,12 @@ Fashion-MNIST): SGD, NAG and AdaGrad, each alone and with the factor under both
 groupings, from the harness in ``examples/paper/``. Same seeds for every method (paired);
 test error at the protocol's evaluation points up to ``--iters``.
 
-Run: ``python -m studies.grouping`` (3 seeds x 2,000 iterations, the paper's length). The
-base methods and their ``"module"`` versions are read from the main comparison's runs in
-``results/fashion_mnist/runs`` (``python -m examples.reproduce``, same seeds and protocol) when they
-are there, so only the three ``"array"`` runs are trained: 18,000 LeNet steps, about 10
-minutes in two single-threaded processes on 2 quiet CPU cores. Without those runs (or with
-``--no-reuse``) all nine are trained, about 30 minutes; ``--iters 500`` cuts that to 8.
+Run: ``python -m studies.grouping`` (3 seeds x 2,000 iterations, the paper's length; run
+times in docs/studies.md). The base methods and their ``"module"`` versions are read from
+the main comparison's runs in ``results/fashion_mnist/runs`` (``python -m
+examples.reproduce``, same seeds and protocol) when they are there, so only the three
+``"array"`` runs are trained (18,000 LeNet steps). Without those runs (or with
+``--no-reuse``) all nine are trained.
 
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep

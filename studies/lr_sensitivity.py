@@ -17,9 +17,9 @@ Sensitivity is summarised per method by the best error over the grid, the mean a
 error over the grid, and how many grid points come within 1 percentage point of the best.
 
 Run: ``python -m studies.lr_sensitivity`` (3 seeds x 500 iterations x 5 rates x 2 methods
-in two single-threaded processes, about 8 minutes on 2 quiet CPU cores; the paper's
-protocol is 10 seeds x 2,000 iterations). The runs at the protocol's own rate (0.01) are
-taken from ``results/fashion_mnist/runs`` when ``python -m examples.reproduce`` has left them there
+in two single-threaded processes, run time in docs/studies.md; the paper's protocol is 10
+seeds x 2,000 iterations). The runs at the protocol's own rate (0.01) are taken from
+``results/fashion_mnist/runs`` when ``python -m examples.reproduce`` has left them there
 (``--no-reuse`` trains them too).
 
 References:

@@ -27,7 +27,7 @@ default the grid's largest at which no seed of any method diverged). A second sw
 initial scale ``s``, each method at its best learning rate, shows how the gain depends on
 how flat the saddle is.
 
-Run: ``python -m studies.saddle`` (about 5 minutes on 2 CPU cores).
+Run: ``python -m studies.saddle`` (run time in docs/studies.md).
 
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep
@@ -299,7 +299,7 @@ def plot(out_dir: Path, task: Task, methods, lrs, base_lr, sweep, results):
 
 @cli.reports_errors
 def main(argv=None):
-  parser = options.parser(__doc__, seeds=20, iters=8000, name="saddle")
+  parser = options.study_parser(__doc__, seeds=20, iters=8000, name="saddle")
   parser.add_argument("--depth", type=cli.positive_int, default=6)
   parser.add_argument("--width", type=cli.positive_int, default=16)
   parser.add_argument("--rank", type=cli.positive_int, default=4)

@@ -22,7 +22,7 @@ batch order): ``sgd`` and ``sgd+layer`` at ``--lr``, and ``sgd`` at the larger l
 rates of ``--baseline-lrs``, which answer whether the effect is just a larger global rate:
 a global rate scales all layers alike, the factor does not.
 
-Run: ``python -m studies.vanishing`` (5 seeds; about 6.5 minutes on 2 quiet CPU cores). With
+Run: ``python -m studies.vanishing`` (5 seeds; run time in docs/studies.md). With
 Xavier fill this network does not learn in 3000 iterations under any of the methods; the
 second setting of docs/studies.md, ``--init-gain 4 --baseline-lrs 0.03 --out
 results/studies/vanishing/gain4``, multiplies the Xavier bound by 4 (sigmoid slope 1/4 times
@@ -287,7 +287,7 @@ def plot(out_dir: Path, setup: Setup, runs: dict, results: dict):
 
 @cli.reports_errors
 def main(argv=None, arrays=None):
-  parser = options.parser(__doc__, seeds=5, iters=3000, name="vanishing")
+  parser = options.study_parser(__doc__, seeds=5, iters=3000, name="vanishing")
   parser.add_argument("--depth", type=cli.positive_int, default=10, help="hidden layers")
   parser.add_argument("--width", type=cli.positive_int, default=128)
   parser.add_argument("--activation", choices=sorted(ACTIVATIONS), default="sigmoid")

@@ -59,6 +59,7 @@ def test_python_dash_m_runs_from_the_repository_root():
     ("examples.reproduce", ["--seeds", "0"], "argument --seeds: 0 must be at least 1"),
     ("examples.reproduce", ["--iters", "-5"], "argument --iters: -5 must be at least 1"),
     ("examples.reproduce", ["--batch-size", "0"], "argument --batch-size: 0 must be"),
+    ("examples.reproduce", ["--first-seed", "-1"], "--first-seed -1 must be at least 0"),
     ("examples.reproduce", ["--split-sizes", "64"], "--split-sizes takes two numbers"),
     ("studies.saddle", ["--seeds", "0"], "argument --seeds: 0 must be at least 1"),
     ("studies.saddle", ["--methods", "adagrad"], "unknown method 'adagrad'; use one of gd, sgd"),

@@ -1,6 +1,7 @@
 """Readers of examples/paper/data.py on small generated files (downloads: test_downloads.py)."""
 
 import gzip
+import hashlib
 import pickle
 
 import numpy as np
@@ -55,7 +56,7 @@ def test_idx_checksum_mismatch(tmp_path, monkeypatch):
   # With the generated files' own hashes registered the folder loads; one wrong hash fails.
   for stem in [name for split in data.IDX_FILES.values() for name in split[:2]]:
     monkeypatch.setitem(data.CONTENT_SHA256, f"fashion_mnist/{stem}",
-                        data.sha256_bytes((tmp_path / stem).read_bytes()))
+                        hashlib.sha256((tmp_path / stem).read_bytes()).hexdigest())
   assert data.load_dataset("fashion_mnist", tmp_path, count=(12, 5)).train_images.shape[0] == 12
   monkeypatch.setitem(data.CONTENT_SHA256, "fashion_mnist/t10k-labels-idx1-ubyte", "0" * 64)
   with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte: sha256 mismatch"):

@@ -116,10 +116,6 @@ class Dataset(NamedTuple):
   num_classes: int
 
 
-def sha256_bytes(data: bytes) -> str:
-  return hashlib.sha256(data).hexdigest()
-
-
 def _read_maybe_gzip(path: Path) -> bytes:
   raw = Path(path).read_bytes()
   if raw[:2] == b"\x1f\x8b":

@@ -128,9 +128,3 @@ def make_optimizer(method: str, solver: Solver, lr_mult: Any, decay_mult: Any,
   else:
     inner = optax.chain(optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8), mult)
   return optax.chain(decay, lo.with_layerwise_lr(inner, layers) if layerwise else inner)
-
-
-def effective_lr(method: str, solver: Solver, step: Any, factor: Any) -> Any:
-  """``lr_k * f_l`` for a "+layer" method, ``lr_k`` otherwise (``lr_mult`` excluded)."""
-  lr = schedule_fn(solver.base_lr, solver.schedule)(step)
-  return lr * factor if split_method(method)[1] else lr * jnp.ones_like(factor)
