@@ -1,11 +1,18 @@
-"""The docs' check for undocumented public names (docs/public_api.py), without a Sphinx build."""
+"""The docs without a Sphinx build: the check for undocumented public names
+(docs/public_api.py) and the ``pycon`` examples of the pages, run as doctests."""
 
+import doctest
 import re
 import types
 from pathlib import Path
 
+import pytest
+
 import layerwise_optax
 from docs.public_api import missing_names
+
+DOCS = Path(__file__).parents[1] / "docs"
+PYCON_BLOCK = re.compile(r"^```pycon\n(.*?)^```", flags=re.M | re.S)
 
 
 def _function(doc):
@@ -38,8 +45,27 @@ def test_missing_names_empty_when_all_documented():
 
 def test_api_page_lists_every_public_name():
   # The same check the docs build runs, on the autodoc directives of docs/api.md.
-  api = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
+  api = (DOCS / "api.md").read_text()
   listed = re.findall(r"^\.\. auto(?:function|class|data):: (\w+)", api, flags=re.M)
   documented = {f"layerwise_optax.{name}" for name in listed}
   assert missing_names(layerwise_optax, documented) == []
   assert sorted(listed) == sorted(layerwise_optax.__all__)
+
+
+def _pages_with_examples():
+  return sorted(page.name for page in DOCS.glob("*.md") if PYCON_BLOCK.search(page.read_text()))
+
+
+def test_the_example_pages_are_found():
+  assert {"layers.md", "numerics.md"} <= set(_pages_with_examples())
+
+
+@pytest.mark.parametrize("page", _pages_with_examples())
+def test_page_examples_print_what_the_page_shows(page):
+  # The page's ```pycon blocks, in order, as one doctest sharing its names.
+  text = (DOCS / page).read_text()
+  examples = "\n".join(block.group(1) for block in PYCON_BLOCK.finditer(text))
+  test = doctest.DocTestParser().get_doctest(examples, {}, page, str(DOCS / page), 0)
+  runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+  runner.run(test)
+  assert runner.tries > 0 and runner.failures == 0
