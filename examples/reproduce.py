@@ -91,6 +91,25 @@ class Reporter:
     self.results: dict = {}
     self.markdown = ""
 
+  def load_finished(self, specs: list[train.RunSpec]) -> list[train.RunSpec]:
+    """Loads the runs finished earlier (reporting them); returns the specs still to run."""
+    todo = [spec for spec in specs if not spec.save_to.exists()]
+    for spec in specs:
+      if spec not in todo:
+        self.runs[(spec.method, spec.seed)] = train.load_run(spec.save_to)
+        spec.checkpoint.unlink(missing_ok=True)  # left by a run killed after it finished
+    self.write(self.complete_seeds(sorted({spec.seed for spec in specs})))
+    return todo
+
+  def finish(self, seeds: list[int]) -> None:
+    """Prints the report and writes timing.json (wall time of the command and of each run)."""
+    print(self.markdown)
+    print(f"wrote {self.out}/table.md, results.json, test_error.csv"
+          + ("" if self.args.no_plots else ", test_error.png, effective_lr.png"))
+    (self.out / "timing.json").write_text(json.dumps({"wall_s": self.config["wall_s"], "runs": {
+        m: [round(float(self.runs[(m, s)]["wall_s"]), 1) for s in seeds]
+        for m in self.args.methods}}, indent=1))
+
   def complete_seeds(self, seeds: list[int]) -> list[int]:
     return [s for s in seeds if all((m, s) in self.runs for m in self.args.methods)]
 
@@ -120,6 +139,15 @@ def progress_bar(args: argparse.Namespace, total: int):
   return bar.update, bar.close
 
 
+def run_config(args: argparse.Namespace, seeds: list[int], argv) -> dict:
+  """The run's settings as results.json records them."""
+  return {"dataset": args.dataset, "protocol": args.protocol.name, "methods": args.methods,
+          "seeds_requested": seeds, "iters": args.iters, "layers": args.layers,
+          "batch_size": args.batch_size or args.protocol.batch_size,
+          "command": "python -m examples.reproduce " + " ".join(
+              sys.argv[1:] if argv is None else argv)}
+
+
 @cli.reports_errors
 def main(argv=None) -> dict:
   args = parse_args(argv)
@@ -128,29 +156,14 @@ def main(argv=None) -> dict:
                            args.split_sizes)
   dataset = load()
   seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-  config = {"dataset": args.dataset, "protocol": args.protocol.name, "methods": args.methods,
-            "seeds_requested": seeds, "iters": args.iters, "layers": args.layers,
-            "batch_size": args.batch_size or args.protocol.batch_size,
-            "command": "python -m examples.reproduce " + " ".join(
-                sys.argv[1:] if argv is None else argv)}
-  reporter = Reporter(args, out, config, dataset.num_classes)
-  specs = run_specs(args, out, seeds)
-  todo = [spec for spec in specs if not spec.save_to.exists()]
-  for spec in specs:
-    if spec not in todo:
-      reporter.runs[(spec.method, spec.seed)] = train.load_run(spec.save_to)
-  reporter.write(reporter.complete_seeds(seeds))
+  reporter = Reporter(args, out, run_config(args, seeds, argv), dataset.num_classes)
+  todo = reporter.load_finished(run_specs(args, out, seeds))
   update, close = progress_bar(args, len(todo) * args.iters)
   try:
     pool.run_tasks(train.run_spec, todo, args.workers, load, dataset, reporter.add, update)
   finally:
     close()
-  print(reporter.markdown)
-  print(f"wrote {out}/table.md, results.json, test_error.csv"
-        + ("" if args.no_plots else ", test_error.png, effective_lr.png"))
-  (out / "timing.json").write_text(json.dumps({"wall_s": config["wall_s"], "runs": {
-      m: [round(float(reporter.runs[(m, s)]["wall_s"]), 1) for s in seeds]
-      for m in args.methods}}, indent=1))
+  reporter.finish(seeds)
   return reporter.results
 
 

@@ -24,8 +24,9 @@ rate ``lr_k * f_l`` (``lr_k`` for the base methods).
 
 Pieces for other loops: :func:`make_train_step` and :func:`make_eval` build the pure
 per-seed functions; :func:`init_state` and :func:`make_order` the inputs
-(``examples/train_mesh.py`` reuses :func:`make_order` and :func:`cross_entropy` with a step
-of its own that places the batch and parameters on a device mesh).
+(``examples/train_mesh.py`` runs the same step on a device mesh). :class:`RunSpec` and
+:func:`run_spec` make one seed's run a picklable task, for the worker pool of
+:mod:`examples.paper.pool`.
 
 References:
   Singh et al., ICMLA 2015, arXiv:1510.04609, section IV (10 runs per method, test error at
