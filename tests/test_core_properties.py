@@ -1,62 +1,291 @@
-"""Property tests over random trees, dtypes and magnitudes (0 to 1e30)."""
+"""Property tests against a NumPy float64 reference of eq. 9 (hypothesis, about 1,000 cases).
 
+Each case draws the values of a fixed tree structure: per array a kind (finite, all zero,
+with a NaN or an inf), a magnitude from 1e-45 to 1e30, a spread of magnitudes within the
+array, exact zeros, and ``norm_eps``. The structures cover every kind of ``layers`` spec,
+stacked layers, ``None`` leaves and ``optax.masked``; the dtypes are float16, bfloat16,
+float32, float64, complex64 and a mix. One jitted step per structure and dtype serves all
+its cases, so the run compiles about 40 small programs.
+
+The reference sums the squares in the compute dtype's precision (float32, or float64 for
+float64 leaves) as the library documents, and comes in two variants: subnormal numbers
+flushed to zero (XLA on CPU and GPU) or kept (IEEE); each layer must match one of them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from hypothesis import example, given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import layerwise_optax as lo
 
-# The largest factor float32 arithmetic can produce: the smallest positive sum of squares.
-MAX_FACTOR = 1 + np.log1p(1 / np.sqrt(np.finfo(np.float32).smallest_subnormal))
+SDS = jax.ShapeDtypeStruct
 
-DTYPES = [np.float16, jnp.bfloat16, np.float32]
+
+def _leaf(*shape):
+  return SDS(shape, jnp.float32)
+
+
+class Structure(NamedTuple):
+  template: object  # the tree, with ShapeDtypeStruct leaves
+  layers: object
+  stacked: object
+  mask: dict | None
+  expected: dict  # layer name -> (paths of its arrays, stacked), written out by hand
+
+
+STRUCTURES = {
+    "module": Structure(
+        {"Dense_0": {"kernel": _leaf(3, 2), "bias": _leaf(2)}, "Dense_1": {"kernel": _leaf(2)}},
+        "module", None, None,
+        {"Dense_0": ([("Dense_0", "kernel"), ("Dense_0", "bias")], False),
+         "Dense_1": ([("Dense_1", "kernel")], False)}),
+    "array": Structure(
+        {"conv": {"w": _leaf(2, 2), "b": _leaf(2)}, "scale": _leaf()},
+        "array", None, None,
+        {"conv/w": ([("conv", "w")], False), "conv/b": ([("conv", "b")], False),
+         "scale": ([("scale",)], False)}),
+    "label tree": Structure(
+        {"a": {"w": _leaf(3)}, "b": {"w": _leaf(2), "v": _leaf(1)}, "c": {"w": _leaf(2)}},
+        {"a": "x", "b": "x", "c": 0}, None, None,
+        {"x": ([("a", "w"), ("b", "w"), ("b", "v")], False), "0": ([("c", "w")], False)}),
+    "callable, stacked predicate": Structure(
+        {"enc": {"l0": {"w": _leaf(2, 2)}, "l1": {"w": _leaf(2, 3)}}, "dec": {"w": _leaf(3)}},
+        lambda path, leaf: path[0].key, lambda name: name == "enc", None,
+        {"enc": ([("enc", "l0", "w"), ("enc", "l1", "w")], True), "dec": ([("dec", "w")], False)}),
+    "stacked prefix": Structure(
+        {"blocks": {"Dense_0": {"kernel": _leaf(3, 2, 2), "bias": _leaf(3, 2)}},
+         "head": {"kernel": _leaf(2)}},
+        "module", "blocks", None,
+        {"blocks/Dense_0": ([("blocks", "Dense_0", "kernel"), ("blocks", "Dense_0", "bias")], True),
+         "head": ([("head", "kernel")], False)}),
+    "two stacks": Structure(
+        {"enc": {"layers": {"attn": {"w": _leaf(2, 3)}}},
+         "dec": {"layers": {"mlp": {"w": _leaf(4, 2, 1)}}, "out": {"w": _leaf(2)}}},
+        "module", ["enc/layers", "dec/layers"], None,
+        {"enc/layers/attn": ([("enc", "layers", "attn", "w")], True),
+         "dec/layers/mlp": ([("dec", "layers", "mlp", "w")], True),
+         "dec/out": ([("dec", "out", "w")], False)}),
+    "None and masked": Structure(
+        {"a": {"w": _leaf(3), "frozen": None}, "b": None, "c": {"w": _leaf(2)},
+         "d": {"w": _leaf(2)}},
+        "module", None, {"a": True, "b": True, "c": True, "d": False},
+        {"a": ([("a", "w")], False), "c": ([("c", "w")], False)}),
+}
+
+MIXED = (jnp.bfloat16, np.float32, np.float16)
+DTYPES = {"float16": np.float16, "bfloat16": jnp.bfloat16, "float32": np.float32,
+          "float64": np.float64, "complex64": np.complex64, "mixed": None}
+EXAMPLES = 25  # per structure and dtype: 7 x 6 x 25 = 1,050 cases
+
+
+def _paths(template):
+  flat = jax.tree_util.tree_flatten_with_path(template)[0]
+  return [tuple(getattr(k, "key", getattr(k, "idx", None)) for k in p) for p, _ in flat]
+
+
+def _dtypes(structure, dtype_name):
+  n = len(jax.tree.leaves(structure.template))
+  if dtype_name == "mixed":
+    return [MIXED[i % len(MIXED)] for i in range(n)]
+  return [DTYPES[dtype_name]] * n
+
+
+def _unmasked(tree, mask):
+  return tree if mask is None else {k: v for k, v in tree.items() if mask[k]}
+
+
+@functools.cache
+def _step(structure_name, dtype_name, x64):
+  """One compiled step per structure and dtype: the updates of both placements, the kept
+  statistics and those of ``layer_factors``."""
+  del dtype_name, x64  # part of the cache key: a new dtype is a new program
+  s = STRUCTURES[structure_name]
+
+  def step(tree, norm_eps):
+    scale = lo.scale_by_layerwise_lr(s.layers, s.stacked, norm_eps, keep_stats=True)
+    wrapped = lo.with_layerwise_lr(optax.identity(), s.layers, s.stacked, norm_eps)
+    if s.mask is not None:
+      scale, wrapped = optax.masked(scale, s.mask), optax.masked(wrapped, s.mask)
+    out, state = scale.update(tree, scale.init(tree))
+    out_wrapped, _ = wrapped.update(tree, wrapped.init(tree))
+    kept = optax.tree_utils.tree_get(state, "layer_stats")
+    stats = lo.layer_factors(_unmasked(tree, s.mask), s.layers, s.stacked, norm_eps)
+    return out, out_wrapped, kept, stats
+
+  return jax.jit(step)
+
+
+KINDS = ["finite"] * 7 + ["zero", "nan", "inf", "-inf"]
 
 
 @st.composite
-def trees(draw):
-  n_layers = draw(st.integers(1, 4))
-  tree = {}
-  for i in range(n_layers):
-    dtype = draw(st.sampled_from(DTYPES))
-    exponent = draw(st.floats(-30, 30))
-    zero = draw(st.booleans())
-    size = draw(st.integers(1, 6))
-    values = draw(st.lists(st.floats(-1, 1), min_size=size, max_size=size))
-    arr = np.zeros(size) if zero else np.asarray(values) * 10.0 ** exponent
-    arr = np.clip(arr, -float(jnp.finfo(dtype).max), float(jnp.finfo(dtype).max))
-    tree[f"layer{i}"] = {"w": jnp.asarray(arr, dtype)}
-  return tree
+def cases(draw, n_leaves):
+  leaves = [(draw(st.sampled_from(KINDS)), draw(st.floats(-45, 30)), draw(st.floats(0, 12)),
+             draw(st.booleans())) for _ in range(n_leaves)]
+  return leaves, draw(st.sampled_from([0.0, 1e-8, 1e-3, 1.0])), draw(st.integers(0, 2**32 - 1))
 
 
-# Subnormal float32 input (found by hypothesis in CI): XLA flushes it to zero on CPU and GPU.
-SUBNORMAL = {"layer0": {"w": jnp.asarray([1e-45], jnp.float32)}}
+def _real(rng, shape, exponent, spread, some_zeros):
+  x = rng.uniform(-1, 1, shape) * 10.0 ** (exponent - rng.uniform(0, spread, shape))
+  return np.array(np.where(rng.random(shape) < 0.3, 0.0, x) if some_zeros else x)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
-@given(trees())
-@example(SUBNORMAL)
-def test_finite_in_finite_out_bounded_factor_zero_preserved(tree):
-  tx = lo.scale_by_layerwise_lr()
-  out, _ = tx.update(tree, tx.init(tree))
-  stats = lo.layer_factors(tree)
-  for name, layer in tree.items():
-    g = np.asarray(layer["w"], np.float64)
-    u = np.asarray(out[name]["w"], np.float64)
-    assert out[name]["w"].dtype == layer["w"].dtype
-    assert np.all(np.isfinite(u))
-    factor = float(stats[name].factor)
-    assert 1.0 <= factor <= MAX_FACTOR
-    np.testing.assert_array_equal(u[g == 0], 0.0)  # zero in, zero out
-    # A factor >= 1 never flips or kills a step, except that XLA flushes float32 subnormals
-    # (below 1.2e-38; float16's are normal once upcast) to zero, as in optax's own arithmetic.
-    normal = np.abs(g) >= np.finfo(np.float32).tiny
-    assert np.all(np.sign(u[normal]) == np.sign(g[normal]))
-    assert np.all(u[~normal] * g[~normal] >= 0)
-    big = np.abs(g) > 1e-30
-    ratio = np.abs(u[big]) / np.abs(g[big])
-    assert np.all(ratio <= MAX_FACTOR * 1.01) and np.all(ratio >= 0.99)
+def _values(template, dtypes, leaf_specs, seed):
+  """The drawn arrays in their dtypes (NumPy), overflowing to inf where the dtype does."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for sds, dtype, (kind, *magnitudes) in zip(jax.tree.leaves(template), dtypes, leaf_specs):
+    x = _real(rng, sds.shape, *magnitudes)
+    if np.dtype(dtype).kind == "c":
+      x = np.array(x + 1j * _real(rng, sds.shape, *magnitudes))
+    if kind == "zero":
+      x = np.zeros_like(x)
+    elif kind != "finite" and x.size:
+      x.flat[rng.integers(x.size)] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}[kind]
+    with np.errstate(over="ignore"):
+      out.append(np.asarray(x).astype(dtype))
+  return out
+
+
+def _compute(x, flush):
+  """``x`` in its compute dtype (float32, or float64 for float64 leaves), as real parts."""
+  c = np.float64 if x.dtype in (np.float64, np.complex128) else np.float32
+  parts = [x.real, x.imag] if np.iscomplexobj(x) else [x]
+  parts = [np.asarray(p, np.float64).astype(c) for p in parts]
+  if flush:
+    parts = [np.where(np.abs(p) < np.finfo(c).tiny, c(0), p) for p in parts]
+  return c, parts
+
+
+def _reference(leaves, idx, stacked, norm_eps, flush):
+  """NumPy float64 eq. 9 for one layer: (norm, factor, reference update of each array)."""
+  total, c = 0.0, np.float32
+  for i in idx:
+    c_i, parts = _compute(leaves[i], flush)
+    c = np.float64 if c_i is np.float64 else c
+    with np.errstate(over="ignore"):
+      squares = [np.square(p) for p in parts]  # in the compute dtype, as the library
+    if flush:
+      squares = [np.where(sq < np.finfo(c_i).tiny, c_i(0), sq) for sq in squares]
+    sq = functools.reduce(np.add, squares).astype(np.float64)
+    total = total + np.sum(sq, axis=tuple(range(1, sq.ndim)) if stacked else None)
+  total = np.asarray(total, np.float64)
+  if c is np.float32:
+    total = np.where(total > np.finfo(np.float32).max, np.inf, total)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    factor = np.where(total > 0, 1 + np.log1p(1 / (np.sqrt(total) + norm_eps)), 1.0)
+    norm = np.where(total > 0, np.sqrt(total), total)
+  updates = []
+  for i in idx:
+    x = leaves[i]
+    _, parts = _compute(x, flush)
+    f = factor.reshape(factor.shape + (1,) * (x.ndim - factor.ndim))
+    with np.errstate(over="ignore", invalid="ignore"):
+      exact = (parts[0] + 1j * parts[1]) * f if len(parts) == 2 else parts[0] * f
+      updates.append(np.asarray(exact).astype(x.dtype))
+  return norm, factor, updates
+
+
+def _close(actual, expected, rtol, atol):
+  a, e = np.asarray(actual).astype(np.complex128), np.asarray(expected).astype(np.complex128)
+  same_nan = np.isnan(a) == np.isnan(e)
+  finite = np.isfinite(e)
+  return bool(np.all(same_nan) and np.all(a[~finite & ~np.isnan(e)] == e[~finite & ~np.isnan(e)])
+              and np.all(np.abs(a[finite] - e[finite]) <= rtol * np.abs(e[finite]) + atol))
+
+
+def _factor_bound(c, norm_eps):
+  """The largest factor in dtype ``c``: that of the smallest positive sum, rounded up."""
+  smallest = np.finfo(c).smallest_subnormal
+  return (1 + np.log1p(1 / (np.sqrt(np.float64(smallest)) + norm_eps))) * (1 + 4 * np.finfo(c).eps)
+
+
+def _check_case(structure_name, dtype_name, case):
+  s = STRUCTURES[structure_name]
+  leaf_specs, norm_eps, seed = case
+  dtypes = _dtypes(s, dtype_name)
+  leaves = _values(s.template, dtypes, leaf_specs, seed)
+  treedef = jax.tree.structure(s.template)
+  tree = jax.tree.unflatten(treedef, [jnp.asarray(x) for x in leaves])
+  out, out_wrapped, kept, stats = _step(structure_name, dtype_name, dtype_name == "float64")(
+      tree, norm_eps)
+
+  # Structure and dtypes kept; both placements agree; kept stats are layer_factors'.
+  assert jax.tree.structure(out) == treedef
+  out_leaves = [np.asarray(u) for u in jax.tree.leaves(out)]
+  assert [u.dtype for u in out_leaves] == [x.dtype for x in leaves]
+  for a, b in zip(out_leaves, jax.tree.leaves(out_wrapped)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  assert set(kept) == set(stats) == set(s.expected)
+
+  index = {p: i for i, p in enumerate(_paths(s.template))}
+  in_layer = set()
+  for name, (paths, stacked) in s.expected.items():
+    idx = [index[p] for p in paths]
+    in_layer.update(idx)
+    norm, factor = np.asarray(stats[name].norm), np.asarray(stats[name].factor)
+    np.testing.assert_array_equal(np.asarray(kept[name].norm), norm)
+    np.testing.assert_array_equal(np.asarray(kept[name].factor), factor)
+    c = np.float64 if any(leaves[i].dtype in (np.float64, np.complex128) for i in idx) \
+        else np.float32
+    assert factor.dtype == norm.dtype == c
+    assert factor.shape == (leaves[idx[0]].shape[:1] if stacked else ())
+    # The factor is in [1, its bound]; finite in, finite out; zero in, zero out.
+    assert np.all(factor >= 1) and np.all(factor <= _factor_bound(c, norm_eps)), factor
+    for i in idx:
+      x, u = leaves[i], out_leaves[i]
+      if np.all(np.isfinite(x)):
+        assert np.all(np.isfinite(u)), (x, u)
+      np.testing.assert_array_equal(u[x == 0], 0)
+    # Equal to the NumPy float64 reference (subnormals flushed or kept) to float tolerance.
+    rtol_f = 1e-12 if c is np.float64 else 2e-5
+    failures = []
+    for flush in (True, False):
+      ref_norm, ref_factor, ref_updates = _reference(leaves, idx, stacked, norm_eps, flush)
+      ok = _close(factor, ref_factor, rtol_f, 0.0)
+      measurable = ref_norm < (np.finfo(c).max ** 0.5) / 2  # not at float32's overflow edge
+      ok = ok and _close(norm[measurable], ref_norm[measurable], rtol_f, 0.0)
+      for i, ref in zip(idx, ref_updates):
+        info = np.finfo(leaves[i].dtype)
+        ok = ok and _close(out_leaves[i], ref, float(info.eps) + rtol_f,
+                           float(info.tiny) * _factor_bound(c, norm_eps))
+      if ok:
+        break
+      failures.append(f"flush={flush}: factor {factor} vs {ref_factor}, norm {norm} vs {ref_norm}")
+    else:
+      raise AssertionError(f"layer {name}: " + "; ".join(failures))
+
+  # Arrays outside every layer (masked out) pass through unchanged.
+  for i, (x, u) in enumerate(zip(leaves, out_leaves)):
+    if i not in in_layer:
+      np.testing.assert_array_equal(u, x)
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("structure_name", STRUCTURES)
+def test_properties_against_a_float64_reference(structure_name, dtype_name):
+  n_leaves = len(jax.tree.leaves(STRUCTURES[structure_name].template))
+
+  @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+            suppress_health_check=[HealthCheck.too_slow])
+  @given(cases(n_leaves))
+  def check(case):
+    _check_case(structure_name, dtype_name, case)
+
+  if dtype_name == "float64":
+    with jax.enable_x64(True):
+      check()
+  else:
+    check()
 
 
 def test_subnormal_gradients_are_flushed_like_optax():
