@@ -1,5 +1,7 @@
 """optax's compatibility battery (after optax/contrib/_common_test.py) for our optimizers."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,13 @@ FACTORIES = {
     "adagrad": (lo.adagrad, {"learning_rate": 0.1, "initial_accumulator_value": 0.1}),
     "with_layerwise_lr(adam)": (lambda learning_rate: lo.with_layerwise_lr(
         optax.adam(learning_rate)), {"learning_rate": 0.01}),
+    # keep_stats=True: the same battery with the statistics in the state.
+    "sgd(keep_stats)": (functools.partial(lo.sgd, keep_stats=True),
+                        {"learning_rate": 0.1, "momentum": 0.9, "nesterov": True}),
+    "adagrad(keep_stats)": (functools.partial(lo.adagrad, keep_stats=True),
+                            {"learning_rate": 0.1, "weight_decay": 1e-3}),
+    "with_layerwise_lr(adam, keep_stats)": (lambda learning_rate: lo.with_layerwise_lr(
+        optax.adam(learning_rate), keep_stats=True), {"learning_rate": 0.01}),
 }
 
 
