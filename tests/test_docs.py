@@ -1,5 +1,5 @@
 """The docs without a Sphinx build: the check for undocumented public names
-(docs/public_api.py) and the ``pycon`` examples of the pages, run as doctests."""
+(docs/public_api.py), the pages' ``pycon`` examples as doctests and their whole programs."""
 
 import doctest
 import re
@@ -13,6 +13,10 @@ from docs.public_api import missing_names
 
 DOCS = Path(__file__).parents[1] / "docs"
 PYCON_BLOCK = re.compile(r"^```pycon\n(.*?)^```", flags=re.M | re.S)
+# On these pages a ```python block that starts with an import is a whole program (the others
+# are fragments); other pages (scale_out.md) start fragments with imports too.
+PROGRAM_PAGES = ("getting_started.md",)
+PROGRAM_BLOCK = re.compile(r"^```python\n((?:import|from) .*?)^```", flags=re.M | re.S)
 
 
 def _function(doc):
@@ -69,3 +73,22 @@ def test_page_examples_print_what_the_page_shows(page):
   runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
   runner.run(test)
   assert runner.tries > 0 and runner.failures == 0
+
+
+def _programs():
+  params = []
+  for page in PROGRAM_PAGES:
+    text = (DOCS / page).read_text()
+    for match in PROGRAM_BLOCK.finditer(text):
+      line = text[:match.start()].count("\n") + 2
+      params.append(pytest.param(match.group(1), id=f"{page}:{line}"))
+  return params
+
+
+def test_the_programs_are_found():
+  assert len(_programs()) >= 2  # choosing an optimizer; the plain JAX loop
+
+
+@pytest.mark.parametrize("program", _programs())
+def test_page_program_runs(program):
+  exec(compile(program, "<docs>", "exec"), {"__name__": "docs_example"})
