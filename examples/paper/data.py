@@ -311,7 +311,16 @@ def extract_folder(archive: Path, member: str, folder: Path) -> Path:
   try:
     try:
       with tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
+        members = tar.getmembers()
+        unsafe = [m.name for m in members if not (m.isfile() or m.isdir())
+                  or m.name.startswith("/") or ".." in Path(m.name).parts]
+        if unsafe:
+          raise InputError(f"{archive}: refusing to extract {unsafe[0]!r} (a link or a path "
+                           "outside the archive); delete it and download again")
+        # Regular files and folders inside tmp only (and tarfile's own "data" filter where
+        # this Python has it).
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(tmp, members, **safe)
     except (tarfile.TarError, OSError, EOFError) as e:
       raise InputError(f"{archive}: unreadable archive ({e}); delete it and download "
                        "again") from None
