@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import http.server
 import socket
+import tarfile
 import threading
 from pathlib import Path
 
@@ -114,3 +115,16 @@ def test_offline_download_is_one_line(tmp_path, monkeypatch, capsys):
   assert err.startswith(f"error: could not fetch {url}train-images-idx3-ubyte.gz (")
   assert "check the network" in err
   assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_archive_with_a_link_is_refused(tmp_path):
+  (tmp_path / "staging" / data.CIFAR_FOLDER).mkdir(parents=True)
+  (tmp_path / "staging" / data.CIFAR_FOLDER / "test_batch").symlink_to("/etc/passwd")
+  archive = tmp_path / "evil.tar.gz"
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(tmp_path / "staging" / data.CIFAR_FOLDER, arcname=data.CIFAR_FOLDER)
+  (tmp_path / "got").mkdir()
+  with pytest.raises(data.InputError, match="refusing to extract 'cifar-10-batches-py/"
+                                            "test_batch' \\(a link"):
+    data.extract_folder(archive, data.CIFAR_FOLDER, tmp_path / "got")
+  assert list((tmp_path / "got").iterdir()) == []
