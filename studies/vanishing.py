@@ -203,11 +203,12 @@ def analyse(setup: Setup, runs: dict, seeds: int):
                                    for i in range(len(names))])
     err = r["test_error"][0, :, -1]
     m_err, s_err = report.mean_std(err)
+    m_ratio, s_ratio = report.mean_std(ratio_final)
     rows_summary.append([
         label, stats.fmt(geo_norm[0], 2), stats.fmt(geo_norm[-1], 2),
         f"{stats.fmt(d_early[:, 0].mean(), 2)}", f"{stats.fmt(d_final[:, 0].mean(), 2)}",
-        f"{stats.fmt(ratio_final.mean(), 3)} ± {stats.fmt(ratio_final.std(ddof=1), 2)}"
-        if seeds > 1 else stats.fmt(ratio_final.mean(), 3),
+        f"{stats.fmt(m_ratio, 3)} ± {stats.fmt(s_ratio, 2)}" if seeds > 1
+        else stats.fmt(m_ratio, 3),
         f"{stats.fmt(window_mean(r['train_loss'])[0].mean(), 3)}",
         f"{100 * m_err:.2f} ± {100 * s_err:.2f}"])
     out["runs"][label]["summary"] = {
