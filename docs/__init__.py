@@ -1,0 +1,1 @@
+"""The docs site's sources and its Sphinx extensions (``make docs``)."""

@@ -1,11 +1,12 @@
 """Sphinx configuration: the Markdown pages in docs/ and the API reference from the docstrings.
 
-Built by ``make docs`` (``python -m sphinx -W --keep-going -b html docs docs/_build/html``
+Built by ``make docs`` (``python -m sphinx -E -W --keep-going -b html docs docs/_build/html``
 from the repository root, which puts ``docs.public_api`` on the import path).
 
-Formulas render offline: MathJax 3 comes from the ``sphinx-mathjax-offline`` wheel (the
-``docs`` extra), and :func:`_copy_mathjax` copies the one bundle the pages load, with its
-fonts and TeX extensions (about 3 MB of the wheel's 24 MB), into ``_static/mathjax``.
+Formulas render offline, without a CDN: MathJax 3 comes from the ``sphinx-mathjax-offline``
+wheel (the ``docs`` extra; no Node.js or LaTeX needed), and :func:`_copy_mathjax` copies the
+one bundle the pages load, with its fonts and TeX extensions (about 2 MB; the wheel's own
+extension would copy all 24 MB of it), into ``_static/mathjax``.
 """
 
 from __future__ import annotations
