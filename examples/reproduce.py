@@ -28,13 +28,18 @@ from pathlib import Path
 
 from examples.paper import cli, configs, data, methods, pool, report, train
 
+# The protocols of the datasets this command reads.
+READABLE_PROTOCOLS = sorted(name for name, protocol in configs.PROTOCOLS.items()
+                            if set(protocol.datasets) & set(configs.DEFAULT_PROTOCOL))
+
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = cli.Parser(prog="python -m examples.reproduce", description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", default="fashion_mnist",
                       choices=sorted(configs.DEFAULT_PROTOCOL))
-  parser.add_argument("--protocol", default=None, choices=sorted(configs.PROTOCOLS),
-                      help="default: mnist for (fashion_)mnist, cifar10_full for cifar10")
+  parser.add_argument("--protocol", default=None, choices=READABLE_PROTOCOLS,
+                      help="default: mnist for (fashion_)mnist, cifar10_full for cifar10 "
+                      "(alexnet is implemented, but ImageNet has no reader here)")
   parser.add_argument("--methods", default="paper", type=methods.method_names(),
                       help="comma-separated, e.g. sgd,sgd+layer; 'paper' = the six methods, "
                       "'all' = those plus adam,adam+layer")

@@ -52,7 +52,7 @@ def test_python_dash_m_runs_from_the_repository_root():
 
 @pytest.mark.parametrize("module, argv, message", [
     ("examples.reproduce", ["--dataset", "imagenet"], "argument --dataset: invalid choice"),
-    ("examples.reproduce", ["--protocol", "lenet5"], "argument --protocol: invalid choice"),
+    ("examples.reproduce", ["--protocol", "alexnet"], "argument --protocol: invalid choice"),
     ("examples.reproduce", ["--protocol", "cifar10_quick"], "protocol cifar10_quick is for "
                                                             "cifar10, not fashion_mnist"),
     ("examples.reproduce", ["--methods", "sgd,rmsprop"], "unknown method 'rmsprop'"),
