@@ -206,3 +206,21 @@ def _count_reductions(tx):
 def test_keep_stats_adds_no_norm_pass(make):
   without, with_stats = _count_reductions(make(False)), _count_reductions(make(True))
   assert without == with_stats == 3  # one sum of squares per array, nothing more
+
+
+def test_keep_stats_update_on_other_layers_than_at_init_is_an_error():
+  tx = lo.scale_by_layerwise_lr(keep_stats=True)
+  state = tx.init(PARAMS)
+  other = {**PARAMS, "Dense_2": {"kernel": jnp.ones(2)}}
+  with pytest.raises(ValueError, match="differ from those of the parameters at init"):
+    tx.update(other, state)
+
+
+def test_injected_weight_decay_needs_params_in_update():
+  tx = optax.inject_hyperparams(lo.sgd)(learning_rate=0.1)
+  with pytest.raises(ValueError, match="params"):
+    tx.update(_grads(PARAMS), tx.init(PARAMS))
+  updates, _ = tx.update(_grads(PARAMS), tx.init(PARAMS), PARAMS)
+  plain, _ = lo.sgd(0.1).update(_grads(PARAMS), lo.sgd(0.1).init(PARAMS))
+  for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
