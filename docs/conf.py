@@ -32,6 +32,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "myst_parser",
+    "sphinx_copybutton",
     "docs.public_api",
     "docs.repo_links",
 ]
@@ -63,10 +64,13 @@ autosummary_generate = False
 autosummary.WELL_KNOWN_ABBREVIATIONS += ("eq.", "eqs.")
 add_module_names = False
 
+# The copy button leaves out the ">>> " and "... " prompts and the printed output.
+copybutton_prompt_text = r">>> |\.\.\. "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = True
+
 html_theme = "furo"
 html_title = f"layerwise_optax {release}"
-html_static_path = ["_static"]
-html_css_files = ["custom.css"]
 html_show_sourcelink = False
 html_copy_source = False
 
