@@ -30,7 +30,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -98,17 +98,17 @@ def factor_from_sum_of_squares(sum_sq: jax.Array, eps: ArrayLike = 0.0) -> jax.A
   return jnp.where(positive, factor, jnp.ones_like(factor))
 
 
-def factors_from_sums_of_squares(sums: Sequence[jax.Array],
-                                 eps: ArrayLike = 0.0) -> list[jax.Array]:
-  """:func:`factor_from_sum_of_squares` of every layer, as one vector operation.
+def _per_layer(fn: Callable[[jax.Array], jax.Array],
+               sums: Sequence[jax.Array]) -> list[jax.Array]:
+  """``fn`` of every layer's sums as one vector operation, split back per layer.
 
-  The layers' sums are concatenated, so the factors of many small layers cost one small
-  fused computation instead of one per layer; the result is split back per layer.
+  The layers' sums are concatenated, so many small layers cost one small fused computation
+  instead of one per layer.
   """
   sums = list(sums)
   if len(sums) < 2 or len({s.dtype for s in sums}) != 1:
-    return [factor_from_sum_of_squares(s, eps) for s in sums]
-  flat = factor_from_sum_of_squares(jnp.concatenate([jnp.ravel(s) for s in sums]), eps)
+    return [fn(s) for s in sums]
+  flat = fn(jnp.concatenate([jnp.ravel(s) for s in sums]))
   out, start = [], 0
   for s in sums:
     out.append(flat[start:start + s.size].reshape(s.shape))
@@ -116,11 +116,22 @@ def factors_from_sums_of_squares(sums: Sequence[jax.Array],
   return out
 
 
+def factors_from_sums_of_squares(sums: Sequence[jax.Array],
+                                 eps: ArrayLike = 0.0) -> list[jax.Array]:
+  """:func:`factor_from_sum_of_squares` of every layer, as one vector operation."""
+  return _per_layer(lambda s: factor_from_sum_of_squares(s, eps), sums)
+
+
 def norm_from_sum_of_squares(sum_sq: jax.Array) -> jax.Array:
   """``sqrt(sum_sq)`` with a finite gradient at 0; NaN stays NaN."""
   positive = sum_sq > 0
   zero_or_nan = jnp.where(jnp.isnan(sum_sq), sum_sq, jnp.zeros_like(sum_sq))
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, sum_sq, 1.0)), zero_or_nan)
+
+
+def norms_from_sums_of_squares(sums: Sequence[jax.Array]) -> list[jax.Array]:
+  """:func:`norm_from_sum_of_squares` of every layer, as one vector operation."""
+  return _per_layer(norm_from_sum_of_squares, sums)
 
 
 def scale_leaves(leaves: Sequence[ArrayLike], plan: LayerPlan,

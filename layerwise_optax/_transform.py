@@ -158,8 +158,8 @@ def _layer_factors_flat(leaves: Sequence[ArrayLike], plan: LayerPlan, norm_eps: 
 
 def _stats(plan: LayerPlan, sums: Sequence[jax.Array],
            factors: Sequence[jax.Array]) -> LayerStats:
-  return {name: LayerFactor(_factor.norm_from_sum_of_squares(s), f)
-          for name, s, f in zip(plan.names, sums, factors)}
+  norms = _factor.norms_from_sums_of_squares(sums)
+  return {name: LayerFactor(n, f) for name, n, f in zip(plan.names, norms, factors)}
 
 
 def _initial_stats(params: optax.Params, layers: LayersSpec, stacked: StackedSpec) -> LayerStats:
