@@ -14,12 +14,14 @@ $(VENV)/.installed: pyproject.toml
 	{ $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[test,examples]'; }
 	touch $@
 
-# Lint; the tests and doctests on the newest releases (the venv); the library's tests and
+# Lint; type check (and every public name's type known); the tests and the doctests
+# (pyproject's pytest options) on the newest releases (the venv); the library's tests and
 # doctests on the lowest versions pyproject.toml declares; the built wheel and sdist.
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
+	$(PY) -m pyright --pythonpath $(PY) layerwise_optax
+	PYTHONPATH=. $(PY) -m pyright --pythonpath $(PY) --verifytypes layerwise_optax --ignoreexternal
 	$(PY) -m pytest -q -n auto
-	$(PY) -m pytest -q -p no:xdist --doctest-modules layerwise_optax
 	.ci/test_lowest.sh
 	.ci/check_package.sh
 

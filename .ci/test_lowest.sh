@@ -42,5 +42,5 @@ print(f"lowest versions: Python {sys.version.split()[0]}, " + ", ".join(rows))
 PY
 
 cd "$repo"
-"$py" -m pytest -q -n "${LOWEST_WORKERS:-auto}" -p no:cacheprovider tests/test_core_*.py
-"$py" -m pytest -q -p no:cacheprovider --doctest-modules layerwise_optax
+"$py" -m pytest -q -n "${LOWEST_WORKERS:-auto}" -p no:cacheprovider --doctest-modules \
+  tests/test_core_*.py layerwise_optax
