@@ -1,30 +1,44 @@
-"""LeNet with layer-specific learning rates on a device mesh: data parallel and FSDP.
+"""LeNet with layer-specific learning rates on a device mesh: data parallel and FSDP, on one
+process or several.
 
-Trains the paper's LeNet on Fashion-MNIST (the MNIST protocol of ``examples/paper``: batch 64,
-``sgd+layer`` by default) once on one device and once on an N-device mesh with the same
-initial parameters and the same global batches, and prints both loss curves and their
-largest difference. The optimizer code is the same in both runs: under ``jax.jit`` with
-sharded arrays every norm is the whole layer's, so no ``axis_name`` is needed.
+Trains the paper's LeNet (``examples/paper``: Fashion-MNIST, the MNIST protocol, batch 64,
+``sgd+layer`` by default) with the harness's own training step
+(:func:`examples.paper.train.make_train_step`) once on one device and once on an N-device
+mesh, from the same initial parameters on the same global batches. The optimizer code is
+the same in both runs: under ``jax.jit`` with sharded arrays every norm is the whole
+layer's, so no ``axis_name`` is needed.
 
 * ``--mode dp``: parameters and optimizer state replicated, each batch split over devices.
 * ``--mode fsdp``: each array split along its largest axis divisible by N (arrays with none
-  stay replicated), the optimizer state like its parameter, and the batch split as in dp.
-  The step all-gathers the parameters for the forward and backward passes
-  (``with_sharding_constraint``); the optimizer update, state included, runs on each
-  device's slice.
+  stay replicated), the optimizer state like its parameter, the batch as in dp. The step
+  gathers the parameters for the layer computations (``with_sharding_constraint``); the
+  optimizer update, state included, runs on each device's slice.
 
-Without N accelerators, ``--devices N`` simulates N CPU devices (it sets
-``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before jax starts)::
+What is checked (exit status 1 if not, with one line on stderr):
 
-  python examples/train_mesh.py --devices 8 --mode both --iters 100 [--x64]
+* **Each step**, from the mesh's own parameters and optimizer state: the step on one device
+  gives the same parameter update, optimizer state, loss, layer norms and factors, to
+  ``--step-tol`` (relative; default 1e-4 in float32, 1e-10 with ``--x64``). Both sides start
+  from the same numbers, so only the order of the sums inside one step differs: this holds
+  on any machine. Matrix products run at full precision (``jax_default_matmul_precision``
+  ``highest``), so an accelerator's reduced-precision default does not enter.
+* Every parameter and optimizer-state array keeps its sharding.
+* **The trajectories**, one device and mesh each running freely from the same start: with
+  ``--x64`` they must agree to ``--tol`` (default 1e-10, relative). In float32 the
+  difference is printed, not judged (unless ``--tol`` is given): training amplifies the
+  last-bit differences of another summation order, so after ~70 iterations the curves drift
+  apart by an amount that depends on the machine.
 
-In float32 the curves agree to about 1e-6 for the first ~70 iterations, then drift apart
-slowly (2e-3 relative by iteration 100 on 8 devices, measured): the mesh sums the gradient
-over devices in another order, and training amplifies last-bit differences. ``--x64``
-trains in float64, where such differences stay far smaller.
+Without N accelerators, ``--devices N`` simulates N CPU devices (``jax_num_cpu_devices``,
+set before jax starts a backend). ``--processes P`` runs the mesh over P local processes of
+N/P devices each, with JAX's multi-controller runtime (``jax.distributed``, a coordinator
+on 127.0.0.1, gloo collectives between the CPU devices): this command starts the P
+processes, process 0 prints the report, and if one of them fails the others are stopped
+with one line saying which. On several hosts, run one process per host with
+``--process-id I --coordinator HOST0:PORT`` (see docs/scale_out.md)::
 
-Exits with status 1 if a mesh loss differs from one device's by more than ``--tol``
-(relative), or if a parameter or optimizer-state array lost its sharding.
+  python -m examples.train_mesh --devices 8 --mode both --iters 100 [--x64]
+  python -m examples.train_mesh --devices 8 --processes 2 --methods sgd+layer,adagrad+layer
 
 Needs Fashion-MNIST in /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist)
 or ``--data-dir`` (see ``examples/paper/data.py``); ``--synthetic`` uses random images.
@@ -33,180 +47,514 @@ or ``--data-dir`` (see ``examples/paper/data.py``); ``--synthetic`` uses random 
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import threading
 import time
-from pathlib import Path
+from typing import Any, NamedTuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the examples/paper harness
+import jax
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from examples.paper import cli, configs, data, methods, train
+
+PROG = "train_mesh"
+PROTOCOL = configs.MNIST
 
 
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--devices", type=int, default=8, help="mesh size N (simulated on CPU)")
+def parse_args(argv=None) -> argparse.Namespace:
+  p = cli.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+  p.add_argument("--devices", type=cli.positive_int, default=8,
+                 help="mesh size N, over all processes (simulated CPU devices if there are "
+                      "fewer accelerators)")
+  p.add_argument("--processes", type=cli.positive_int, default=1,
+                 help="run the mesh over P processes of N/P devices each")
   p.add_argument("--mode", choices=("dp", "fsdp", "both"), default="both")
-  p.add_argument("--iters", type=int, default=100)
-  p.add_argument("--method", default="sgd+layer", help="a method of examples/paper")
-  p.add_argument("--batch", type=int, default=None,
-                 help="global batch size (default: the MNIST protocol's 64); split over the "
-                      "devices, so a multiple of N")
+  p.add_argument("--iters", type=cli.positive_int, default=100)
+  p.add_argument("--methods", default="sgd+layer",
+                 help="comma-separated methods of examples/paper, e.g. sgd+layer,nag+layer")
+  p.add_argument("--batch", type=cli.positive_int, default=None,
+                 help="global batch size (default: the MNIST protocol's 64), a multiple of N")
   p.add_argument("--synthetic", action="store_true",
-                 help="random 28x28 images and labels instead of Fashion-MNIST (no files "
-                      "needed; for tests)")
+                 help="random 28x28 images and labels instead of Fashion-MNIST")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--data-dir", default=None)
-  p.add_argument("--print-every", type=int, default=10)
-  p.add_argument("--x64", action="store_true",
-                 help="train in float64, where rounding differences stay far below the "
-                      "method's effects")
+  p.add_argument("--print-every", type=cli.positive_int, default=10)
+  p.add_argument("--x64", action="store_true", help="train in float64")
+  p.add_argument("--step-tol", type=float, default=None,
+                 help="largest relative difference of one step allowed (default 1e-4, "
+                      "1e-10 with --x64)")
   p.add_argument("--tol", type=float, default=None,
-                 help="exit with status 1 if a loss differs from one device's by more than "
-                      "this, relatively (default 1e-10 with --x64, 1e-2 in float32)")
-  return p.parse_args(argv)
+                 help="largest relative loss difference of the free-running trajectories "
+                      "allowed (default: 1e-10 with --x64; not judged in float32)")
+  p.add_argument("--json", default=None,
+                 help="also write the results (step differences, both loss curves) here")
+  p.add_argument("--timeout", type=cli.positive_int, default=60,
+                 help="seconds to wait for the other processes to join, or for a silent one "
+                      "before it counts as dead")
+  p.add_argument("--port", type=cli.positive_int, default=None,
+                 help="coordinator port on 127.0.0.1 for --processes (default: a free one)")
+  p.add_argument("--process-id", type=int, default=None,
+                 help="run only process I of --processes (one per host; with --coordinator)")
+  p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+  p.add_argument("--fail-process", type=int, default=None,
+                 help="fault drill: process I kills itself (SIGKILL) after its first step")
+  args = p.parse_args(argv)
+  try:
+    args.methods = methods.method_list(args.methods)
+  except ValueError as e:
+    p.error(str(e))
+  args.batch = args.batch or PROTOCOL.batch_size
+  if args.batch % args.devices:
+    p.error(f"the global batch {args.batch} does not split over {args.devices} devices; "
+            "pass a --batch that is a multiple of --devices")
+  if args.devices % args.processes:
+    p.error(f"{args.devices} devices do not split over {args.processes} processes")
+  if args.seed < 0:
+    p.error(f"--seed must be >= 0, not {args.seed}")
+  for name in ("step_tol", "tol"):
+    if getattr(args, name) is not None and not getattr(args, name) > 0:
+      p.error(f"--{name.replace('_', '-')} must be > 0")
+  if args.process_id is not None and not 0 <= args.process_id < args.processes:
+    p.error(f"--process-id must be in 0..{args.processes - 1}")
+  if (args.process_id is None) != (args.coordinator is None) and args.processes > 1:
+    p.error("--process-id and --coordinator go together")
+  return args
 
 
-def simulate_devices(n: int) -> None:
-  """Asks XLA for n host devices; only takes effect before jax is imported."""
-  flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+# --- several local processes: the launcher ----------------------------------------------
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
-def main(argv=None):
-  args = parse_args(argv)
-  simulate_devices(args.devices)
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+  with socket.socket() as s:
+    try:
+      s.bind((host, port))
+    except OSError as e:
+      return e.errno == errno.EADDRINUSE  # not e.g. a host name of another machine
+  return False
 
-  import jax
-  import numpy as np
 
+def exit_reason(code: int) -> str:
+  if code < 0:
+    return f"was killed by {signal.Signals(-code).name}"
+  return f"exited with status {code}"
+
+
+def last_error_line(log: str) -> str | None:
+  """The one-line message a process of this command wrote last, if any."""
+  with open(log, errors="replace") as f:
+    lines = [line.strip() for line in f if line.startswith(f"{PROG}:")]
+  return lines[-1] if lines else None
+
+
+def forward_report(stream) -> None:
+  """Process 0's stdout to ours, without gloo's connection messages."""
+  for line in stream:
+    if not line.startswith("[Gloo]"):
+      sys.stdout.write(line)
+      sys.stdout.flush()
+
+
+def stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
+  for proc in procs:
+    if proc.poll() is None:
+      proc.terminate()
+  deadline = time.monotonic() + grace
+  for proc in procs:
+    try:
+      proc.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+
+
+def launch(args: argparse.Namespace, argv: list[str]) -> int:
+  """Starts ``--processes`` copies of this command on 127.0.0.1 and waits for them.
+
+  Process 0's report goes to stdout; every process's stderr (and the others' stdout) goes to
+  a log file, kept only if something fails. The first process to fail stops the others.
+  """
+  port = args.port or free_port()
+  if port_in_use(port):
+    fail(f"port {port} on 127.0.0.1 is in use; pass another --port, or none for a free one")
+  logs = tempfile.mkdtemp(prefix=f"{PROG}-")
+  procs, paths = [], []
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # stop them too
+  try:
+    for i in range(args.processes):
+      paths.append(os.path.join(logs, f"process{i}.log"))
+      with open(paths[-1], "w") as log:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "examples.train_mesh", *argv, "--process-id", str(i),
+             "--coordinator", f"127.0.0.1:{port}"],
+            stdout=subprocess.PIPE if i == 0 else log, stderr=log, text=True))
+    report = threading.Thread(target=forward_report, args=(procs[0].stdout,))
+    report.start()
+    while (codes := [proc.poll() for proc in procs]).count(0) < len(procs):
+      # A process killed by a signal is the cause; the others fail because it is gone.
+      failed = sorted((code >= 0, i) for i, code in enumerate(codes) if code not in (None, 0))
+      if failed:
+        i = failed[0][1]
+        stop(procs)
+        report.join(5)
+        message = last_error_line(paths[i]) or (
+            f"{PROG}: process {i} of {args.processes} {exit_reason(codes[i])}")
+        fail(f"{message.removeprefix(f'{PROG}: ')}; stopped the other processes "
+             f"(logs: {logs})")
+      time.sleep(0.1)
+    report.join()
+    shutil.rmtree(logs, ignore_errors=True)
+    return 0
+  finally:
+    stop(procs)
+
+
+# --- one process: the runtime, the data, the two layouts --------------------------------
+
+def fail(message: str) -> None:
+  print(f"{PROG}: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def start_runtime(args: argparse.Namespace) -> list:
+  """Configures jax (devices, precision, several processes); returns the mesh's devices."""
+  local = args.devices // args.processes
+  jax.config.update("jax_num_cpu_devices", local)
   jax.config.update("jax_enable_x64", args.x64)
-  dtype = np.float64 if args.x64 else np.float32
-  import optax
-  from jax.sharding import AxisType, Mesh, NamedSharding
-  from jax.sharding import PartitionSpec as P
-  from paper import configs, data, methods, models, train
-
+  jax.config.update("jax_default_matmul_precision", "highest")
+  if args.processes > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    where = f"process {args.process_id} of {args.processes}"
+    host, _, port = args.coordinator.rpartition(":")
+    # Checked first: jaxlib's coordinator can crash (SIGSEGV) instead of raising on a busy port.
+    if args.process_id == 0 and port.isdigit() and port_in_use(int(port), host):
+      fail(f"{where}: the coordinator port {args.coordinator} is in use; pass another port")
+    try:
+      jax.distributed.initialize(
+          coordinator_address=args.coordinator, num_processes=args.processes,
+          process_id=args.process_id, initialization_timeout=args.timeout,
+          heartbeat_timeout_seconds=args.timeout, shutdown_timeout_seconds=args.timeout,
+          # On one machine listen on the loopback address only; else jax's default, all.
+          coordinator_bind_address=args.coordinator if host == "127.0.0.1" else None)
+    except Exception as e:  # noqa: BLE001 - the runtime raises several kinds
+      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      fail(f"{where} could not start or join the coordinator at {args.coordinator} "
+           f"({reason}); is its port free and process 0 running?")
   devices = jax.devices()
-  if len(devices) < args.devices:  # e.g. one GPU: use the simulated CPU devices
+  if len(devices) != args.devices:  # e.g. one GPU: use the simulated CPU devices
     devices = jax.devices("cpu")
-  if len(devices) < args.devices:
-    sys.exit(f"asked for {args.devices} devices, found {len(devices)}: set XLA_FLAGS before "
-             "jax is imported, or pass a smaller --devices")
-  devices = devices[: args.devices]
-  n = len(devices)
-  protocol = configs.MNIST
-  batch = args.batch or protocol.batch_size
-  if batch % n:
-    sys.exit(f"the global batch {batch} does not split over {n} devices")
+  if len(devices) < args.devices or (args.processes > 1 and len(devices) != args.devices):
+    fail(f"asked for {args.devices} devices, found {len(devices)}; pass --devices "
+         f"{len(devices)}")
+  return devices[: args.devices]
 
+
+def load_images(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
   if args.synthetic:
     rng = np.random.default_rng(args.seed)
-    images = rng.integers(0, 256, (max(1024, batch), 28, 28, 1), dtype=np.uint8)
-    labels = rng.integers(0, 10, len(images)).astype(np.int32)
-  else:
-    ds = data.load_dataset("fashion_mnist", args.data_dir)
-    images, labels = ds.train_images, ds.train_labels
-  train_x = data.preprocess(images).astype(dtype)
-  train_y = labels.astype(np.int32)
-  order = train.make_order(args.seed, len(train_x), args.iters, batch)
+    images = rng.integers(0, 256, (max(1024, args.batch), 28, 28, 1), dtype=np.uint8)
+    return images, rng.integers(0, 10, len(images)).astype(np.int32)
+  try:
+    dataset = data.load_dataset("fashion_mnist", args.data_dir)
+  except (FileNotFoundError, ValueError) as e:
+    fail(f"{e} (or pass --synthetic)")
+  return dataset.train_images, dataset.train_labels
 
-  model = models.LeNet()
-  # On the host: each run places (and donates) its own copy.
-  params0 = jax.device_get(model.init(jax.random.key(args.seed), train_x[:1])["params"])
-  params0 = jax.tree.map(lambda a: a.astype(dtype), params0)
-  lr_mult, decay_mult = models.param_mults(model, params0)
-  base = methods.split_method(args.method)[0]
-  tx = methods.make_optimizer(args.method, protocol.solvers[base], lr_mult, decay_mult)
 
-  def make_step(gather):
-    def train_step(params, opt_state, x, y):
-      def loss_fn(p):
-        return train.cross_entropy(model.apply({"params": gather(p)}, x), y)
-      loss, grads = jax.value_and_grad(loss_fn)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, loss
-    return jax.jit(train_step, donate_argnums=(0, 1))
+class Problem(NamedTuple):
+  """One method's run: the harness's setup and initial state, on the host."""
 
-  def run(params, put_batch, gather=lambda p: p):
-    """Trains from ``params`` (already placed); returns the losses and final arrays."""
-    opt_state = tx.init(params)
-    step = make_step(gather)
-    losses, start = [], time.perf_counter()
-    # Synchronous steps, inputs ready first, on simulated CPU devices only: they share one
-    # thread pool, and a collective whose participants wait on queued work there can stall.
-    sync = jax.block_until_ready if devices[0].platform == "cpu" else (lambda x: x)
-    for idx in order:
-      x, y = sync(put_batch(train_x[idx], train_y[idx]))
-      params, opt_state, loss = step(params, opt_state, x, y)
-      losses.append(sync(loss))
-    losses = np.asarray(jax.device_get(losses))
-    return losses, params, opt_state, time.perf_counter() - start
+  setup: train.Setup
+  state: train.TrainState  # numpy leaves
+  train_x: np.ndarray  # only the images the batches use
+  train_y: np.ndarray
 
-  one = devices[0]
-  ref_losses, ref_params, _, secs = run(jax.device_put(params0, one),
-                                        lambda x, y: jax.device_put((x, y), one))
-  print(f"1 device: {args.iters} iterations of {args.method}, global batch {batch} "
-        f"({batch // n} per device on the mesh), {'float64' if args.x64 else 'float32'}, "
-        f"{'synthetic data' if args.synthetic else 'Fashion-MNIST'}, {secs:.1f} s")
 
-  mesh = Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
-  batch_sharding = NamedSharding(mesh, P("data"))
+def make_problem(args: argparse.Namespace, method: str, images, labels) -> Problem:
+  """The harness's setup and initial state (seed ``args.seed``), over the used images only:
+  the batches of ``train.make_order`` on the whole training set, renumbered."""
+  order = train.make_order(args.seed, len(images), args.iters, args.batch)
+  used, renumbered = np.unique(order, return_inverse=True)
+  subset = data.Dataset(images[used], labels[used], images[:1], labels[:1], 10)
+  setup = train.build_setup(PROTOCOL, method, subset)
+  state = train.init_state(setup, args.seed, args.iters, args.batch, 1)
+  state = state._replace(order=renumbered.reshape(order.shape).astype(np.int32))
+  dtype = np.float64 if args.x64 else np.float32
+  host = jax.tree.map(lambda a: np.asarray(a, dtype) if np.issubdtype(a.dtype, np.floating)
+                      else np.asarray(a), jax.device_get(state))
+  return Problem(setup, host, np.asarray(setup.train_x, dtype), np.asarray(setup.train_y))
 
-  def fsdp_spec(shape):
-    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
-      if shape[axis] % n == 0:
-        return P(*[("data" if a == axis else None) for a in range(len(shape))])
-    return P()
 
+class MeshModel(NamedTuple):
+  """The model as the mesh runs it: the batch split over the devices and, for FSDP, the
+  parameters gathered before the layer computations (gradients flow back to the slices)."""
+
+  model: Any
+  batch: NamedSharding
+  gather: NamedSharding | None
+
+  def apply(self, variables, x, **kwargs):
+    x = jax.lax.with_sharding_constraint(x, self.batch)
+    if self.gather is not None:
+      variables = jax.lax.with_sharding_constraint(variables, self.gather)
+    return self.model.apply(variables, x, **kwargs)
+
+
+def jit_train_one(model, setup: train.Setup):
+  """The harness's training step as ``reproduce.py`` runs it: one iteration, donated."""
+  step_fn = train.make_train_step(model, setup.tx, setup.record)
+
+  def train_one(state: train.TrainState, train_x, train_y) -> train.TrainState:
+    key = jax.random.wrap_key_data(state.key)
+    seed = step_fn(state.step, state.seed, state.order, key, train_x, train_y)
+    return state._replace(step=state.step + 1, seed=seed)
+  return jax.jit(train_one, donate_argnums=0)
+
+
+def fsdp_spec(shape: tuple[int, ...], n: int) -> P:
+  """Split along the largest axis divisible by ``n``; replicated if there is none."""
+  for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+    if shape[axis] % n == 0:
+      return P(*[("data" if a == axis else None) for a in range(len(shape))])
+  return P()
+
+
+def state_shardings(problem: Problem, mesh: Mesh, mode: str) -> train.TrainState:
+  """Shardings of the whole training state: parameters by ``mode``, each optimizer-state
+  array like its parameter, everything else (histories, batch table) replicated."""
   replicated = NamedSharding(mesh, P())
-  gather_all = lambda p: jax.lax.with_sharding_constraint(p, replicated)
-  modes = ("dp", "fsdp") if args.mode == "both" else (args.mode,)
-  worst, lost = 0.0, []
-  for mode in modes:
-    specs = jax.tree.map(lambda x, m=mode: fsdp_spec(x.shape) if m == "fsdp" else P(), params0)
-    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
-    losses, params, opt_state, secs = run(
-        jax.device_put(params0, shardings),
-        lambda x, y: jax.device_put((x, y), batch_sharding),
-        gather_all if mode == "fsdp" else (lambda p: p))
+  n = mesh.devices.size
+  params = jax.tree.map(lambda a: NamedSharding(
+      mesh, fsdp_spec(a.shape, n) if mode == "fsdp" else P()), problem.state.seed.params)
+  opt_state = optax.tree_utils.tree_map_params(
+      problem.setup.tx, lambda _, s: s, problem.state.seed.opt_state, params,
+      transform_non_params=lambda _: replicated)
+  everything = jax.tree.map(lambda _: replicated, problem.state)
+  return everything._replace(seed=everything.seed._replace(params=params,
+                                                           opt_state=opt_state))
 
-    kept = all(p.sharding.is_equivalent_to(s, p.ndim)
-               for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)))
-    moments = optax.tree_utils.tree_map_params(
-        tx, lambda m, s: m.sharding.is_equivalent_to(s, m.ndim), opt_state, shardings,
-        transform_non_params=lambda _: True)
-    split = [f"{'/'.join(str(k.key) for k in path)} {spec}"
-             for path, spec in jax.tree_util.tree_leaves_with_path(
-                 specs, is_leaf=lambda s: isinstance(s, P)) if spec != P()]
-    sizes = [(x.size, s != P()) for x, s in zip(jax.tree.leaves(params0), jax.tree.leaves(
-        specs, is_leaf=lambda s: isinstance(s, P)))]
-    frac = sum(size for size, is_split in sizes if is_split) / sum(size for size, _ in sizes)
-    diff = np.abs(losses - ref_losses)
-    param_diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
-    worst = max(worst, float(np.max(diff / ref_losses)))
-    if not (kept and all(jax.tree.leaves(moments))):
-      lost.append(mode)
-    print(f"\n{mode} on {n} devices ({secs:.1f} s); split arrays: {', '.join(split) or 'none'}"
-          f" ({frac:.0%} of the parameters)")
-    print(f"  parameter shardings kept: {kept}; optimizer state sharded like its parameter: "
-          f"{all(jax.tree.leaves(moments))}")
-    print("   iter   loss (1 device)   loss (mesh)    |difference|")
-    for k in sorted(set(range(0, args.iters, args.print_every)) | {args.iters - 1}):
-      print(f"  {k + 1:5d}   {ref_losses[k]:.7f}       {losses[k]:.7f}     {diff[k]:.2e}")
-    print(f"  max |loss difference| over {args.iters} iterations: {diff.max():.2e} "
-          f"(relative {np.max(diff / ref_losses):.2e}); max |parameter difference| at the "
-          f"end: {param_diff:.2e}")
-  if not args.x64:
-    print("\nfloat32: the mesh sums the gradient over devices in another order, which changes "
-          "last bits; training amplifies such differences over the iterations (--x64 keeps "
-          "them far smaller).")
-  tol = args.tol if args.tol is not None else (1e-10 if args.x64 else 1e-2)
-  if lost:
-    sys.exit(f"{', '.join(lost)}: a parameter or optimizer-state array lost its sharding")
-  if worst > tol:
-    sys.exit(f"a mesh loss differs from one device's by {worst:.2e} (relative) > {tol:g}")
+
+def put(tree, shardings):
+  """Global arrays from the same host values on every process."""
+  return jax.tree.map(
+      lambda a, s: jax.make_array_from_callback(a.shape, s, lambda index: a[index]),
+      tree, shardings)
+
+
+def to_host(tree, replicated: NamedSharding):
+  """Whole arrays as numpy on every process (a collective when several processes run)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  tree = jax.jit(lambda t: t, out_shardings=replicated)(tree)  # every array on every device
+  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)
+
+
+# --- the runs and the comparison --------------------------------------------------------
+
+class StepDiffs(NamedTuple):
+  """Largest relative differences of one step, mesh against one device."""
+
+  update: float  # ||p_mesh - p_one|| / ||p_one - p_before||, per parameter array
+  opt_state: float  # ||s_mesh - s_one|| / ||s_one||, per optimizer-state array
+  loss: float
+  norm: float  # per layer
+  factor: float  # per layer
+
+
+def relative(got, want, scale=None) -> float:
+  """``||got - want|| / ||scale||`` (``scale`` defaults to ``want``); 0 if both are 0."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  diff = np.linalg.norm(got - want)
+  size = np.linalg.norm(want if scale is None else scale)
+  return float(diff / size) if size > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+def step_diffs(before: train.SeedState, mesh: train.SeedState, one: train.SeedState,
+               k: int) -> StepDiffs:
+  largest = lambda values: max(values, default=0.0)
+  return StepDiffs(
+      largest(relative(m, o, o - b) for m, o, b in zip(
+          jax.tree.leaves(mesh.params), jax.tree.leaves(one.params),
+          jax.tree.leaves(before.params))),
+      largest(relative(m, o) for m, o in zip(jax.tree.leaves(mesh.opt_state),
+                                             jax.tree.leaves(one.opt_state))),
+      relative(mesh.loss[k], one.loss[k]),
+      largest(relative(m, o) for m, o in zip(mesh.norm[k], one.norm[k])),
+      largest(relative(m, o) for m, o in zip(mesh.factor[k], one.factor[k])))
+
+
+def train_one_device(problem: Problem, step, device) -> train.TrainState:
+  """Free-running on one device from the initial state; returns the final state (numpy)."""
+  state = jax.device_put(problem.state, device)
+  x, y = jax.device_put((problem.train_x, problem.train_y), device)
+  for _ in range(len(problem.state.order)):
+    state = step(state, x, y)
+  return jax.device_get(state)
+
+
+class MeshRun(NamedTuple):
+  final: train.TrainState  # numpy
+  diffs: list[StepDiffs]  # per step; empty on the processes that do not compare
+  kept: bool  # parameters and optimizer state kept their shardings
+  seconds: float
+
+
+def train_mesh(problem: Problem, shardings, step, reference, args) -> MeshRun:
+  """Trains on the mesh; after each step, process 0 runs the one-device step from the
+  mesh's state before it (``reference(state) -> state``) and compares."""
+  state = put(problem.state, shardings)
+  x, y = put((problem.train_x, problem.train_y), (shardings.order, shardings.order))
+  diffs, start, before = [], time.perf_counter(), problem.state
+  for k in range(args.iters):
+    state = jax.block_until_ready(step(state, x, y))
+    if k == 0 and args.fail_process == jax.process_index():
+      os.kill(os.getpid(), signal.SIGKILL)
+    after = to_host(state, shardings.order)
+    if jax.process_index() == 0:
+      diffs.append(step_diffs(before.seed, after.seed, reference(before).seed, k))
+    before = after
+  seconds = time.perf_counter() - start
+  kept = all(a.sharding.is_equivalent_to(s, a.ndim) for a, s in zip(
+      jax.tree.leaves(state.seed[:2]), jax.tree.leaves(shardings.seed[:2])))
+  return MeshRun(before, diffs, kept, seconds)
+
+
+def describe_layout(params, shardings) -> tuple[str, float]:
+  """The split arrays ('ip1/kernel P('data', None)') and the fraction of parameters split."""
+  split, split_size, total = [], 0, 0
+  for (path, a), s in zip(jax.tree_util.tree_leaves_with_path(params),
+                          jax.tree.leaves(shardings)):
+    total += a.size
+    if s.spec != P():
+      split.append(f"{'/'.join(str(k.key) for k in path)} {s.spec}")
+      split_size += a.size
+  return ", ".join(split) or "none", split_size / total
+
+
+def summarize(method: str, mode: str, problem: Problem, shardings, run: MeshRun,
+              ref: train.TrainState) -> dict:
+  """One layout's results: layout, shardings kept, largest step differences, both curves."""
+  split, fraction = describe_layout(problem.state.seed.params, shardings.seed.params)
+  param_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(
+      jax.tree.leaves(run.final.seed.params), jax.tree.leaves(ref.seed.params)))
+  return {"method": method, "mode": mode, "split": split, "split_fraction": fraction,
+          "kept": run.kept, "seconds": run.seconds,
+          "step": {name: max(getattr(d, name) for d in run.diffs)
+                   for name in StepDiffs._fields},
+          "loss_one_device": ref.seed.loss.tolist(), "loss_mesh": run.final.seed.loss.tolist(),
+          "final_param_diff": param_diff}
+
+
+def print_summary(args: argparse.Namespace, summary: dict) -> None:
+  ref_loss, loss = np.array(summary["loss_one_device"]), np.array(summary["loss_mesh"])
+  diff = np.abs(loss - ref_loss)
+  print(f"\n{summary['method']}, {summary['mode']} on {args.devices} devices "
+        f"({summary['seconds']:.1f} s); split arrays: {summary['split']} "
+        f"({summary['split_fraction']:.0%} of the parameters)")
+  print(f"  shardings kept (parameters and optimizer state): {summary['kept']}")
+  print(f"  one step from the mesh's state, largest relative difference to one device over "
+        f"{args.iters} steps:")
+  print("    " + "   ".join(f"{name} {value:.1e}" for name, value in summary["step"].items()))
+  judged = "judged" if trajectory_tol(args) else "reported, not judged"
+  print(f"  free-running trajectories from the same start ({judged}):")
+  print("   iter   loss (1 device)   loss (mesh)    |difference|")
+  for k in sorted(set(range(0, args.iters, args.print_every)) | {args.iters - 1}):
+    print(f"  {k + 1:5d}   {ref_loss[k]:.7f}       {loss[k]:.7f}     {diff[k]:.2e}")
+  print(f"  max |loss difference| over {args.iters} iterations: {diff.max():.2e} "
+        f"(relative {np.max(diff / ref_loss):.2e}); max |parameter difference| at the end: "
+        f"{summary['final_param_diff']:.2e}")
+
+
+def trajectory_tol(args: argparse.Namespace) -> float | None:
+  return args.tol if args.tol is not None else (1e-10 if args.x64 else None)
+
+
+def failed_checks(args: argparse.Namespace, summary: dict) -> list[str]:
+  where = f"{summary['method']} {summary['mode']}"
+  step_diff = max(summary["step"].values())
+  step_tol = args.step_tol or (1e-10 if args.x64 else 1e-4)
+  ref_loss, loss = np.array(summary["loss_one_device"]), np.array(summary["loss_mesh"])
+  trajectory_diff, tol = float(np.max(np.abs(loss - ref_loss) / ref_loss)), trajectory_tol(args)
+  failures = []
+  if step_diff > step_tol:
+    failures.append(f"{where}: one step differs from one device's by {step_diff:.1e} "
+                    f"(relative) > --step-tol {step_tol:g}")
+  if not summary["kept"]:
+    failures.append(f"{where}: a parameter or optimizer-state array lost its sharding")
+  if tol is not None and trajectory_diff > tol:
+    failures.append(f"{where}: the mesh's loss curve differs from one device's by "
+                    f"{trajectory_diff:.1e} (relative) > --tol {tol:g}")
+  return failures
+
+
+def compare(args, method: str, images, labels, devices) -> list[dict]:
+  """Both layouts of one method against one device; their summaries on process 0."""
+  problem = make_problem(args, method, images, labels)
+  compares = jax.process_index() == 0
+  one = jax.local_devices(backend=devices[0].platform)[0]
+  one_step = jit_train_one(problem.setup.model, problem.setup)
+  reference = lambda state: jax.device_get(one_step(
+      jax.device_put(state, one), *jax.device_put((problem.train_x, problem.train_y), one)))
+  ref = train_one_device(problem, one_step, one) if compares else None
+  mesh = Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
+  summaries = []
+  for mode in ("dp", "fsdp") if args.mode == "both" else (args.mode,):
+    gather = NamedSharding(mesh, P()) if mode == "fsdp" else None
+    model = MeshModel(problem.setup.model, NamedSharding(mesh, P("data")), gather)
+    shardings = state_shardings(problem, mesh, mode)
+    run = train_mesh(problem, shardings, jit_train_one(model, problem.setup),
+                     reference, args)
+    if compares:
+      summaries.append(summarize(method, mode, problem, shardings, run, ref))
+      print_summary(args, summaries[-1])
+  return summaries
+
+
+def write_json(path: str, results: dict) -> None:
+  try:
+    with open(path, "w") as f:
+      json.dump(results, f, indent=1)
+  except OSError as e:
+    fail(f"cannot write {path} ({e.strerror}); pass another --json")
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = parse_args(argv)
+  if args.processes > 1 and args.process_id is None:
+    return launch(args, argv)
+  devices = start_runtime(args)
+  images, labels = load_images(args)
+  if jax.process_index() == 0:
+    print(f"{args.iters} iterations, global batch {args.batch} ({args.batch // args.devices} "
+          f"per device), {'float64' if args.x64 else 'float32'}, "
+          f"{'synthetic data' if args.synthetic else 'Fashion-MNIST'}; mesh of "
+          f"{args.devices} {devices[0].platform} devices in {args.processes} process(es)")
+  summaries = [summary for method in args.methods
+               for summary in compare(args, method, images, labels, devices)]
+  if args.json and jax.process_index() == 0:
+    write_json(args.json, {"command": "python -m examples.train_mesh " + " ".join(argv),
+                           "runs": summaries})
+  failures = [failure for summary in summaries for failure in failed_checks(args, summary)]
+  if failures:
+    fail("; ".join(failures))
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())
