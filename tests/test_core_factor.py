@@ -8,6 +8,11 @@ import pytest
 
 import layerwise_optax as lo
 
+try:  # jax >= 0.8; the floor (0.5.3) has it under jax.experimental
+  from jax import enable_x64
+except ImportError:
+  from jax.experimental import enable_x64
+
 
 def _factor(norm):
   return 1.0 + np.log1p(1.0 / norm)
@@ -82,7 +87,7 @@ def test_low_precision_leaves_use_float32_norms_and_keep_dtype(dtype):
 
 
 def test_float64_leaves_use_float64():
-  with jax.enable_x64(True):
+  with enable_x64(True):
     g = {"w": jnp.array([1e-100, 0.0], jnp.float64)}  # squares underflow in float32
     stats = lo.layer_factors(g)["w"]
     assert stats.factor.dtype == jnp.float64

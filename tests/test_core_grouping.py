@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 
 import layerwise_optax as lo
 
@@ -67,7 +66,7 @@ def test_stacked_layers_get_one_factor_per_slice():
 
 
 def test_stacked_flax_linen_scan_gets_one_factor_per_scanned_layer():
-  import flax.linen as nn
+  nn = pytest.importorskip("flax.linen")
 
   class Block(nn.Module):
     @nn.compact
@@ -129,6 +128,7 @@ def test_empty_trees_and_scalar_leaves():
 
 
 def test_nnx_variables_at_init_and_arrays_at_update_group_alike():
+  nnx = pytest.importorskip("flax.nnx")
   class Net(nnx.Module):
     def __init__(self, rngs):
       self.l1 = nnx.Linear(3, 4, rngs=rngs)

@@ -27,6 +27,11 @@ from hypothesis import strategies as st
 
 import layerwise_optax as lo
 
+try:  # jax >= 0.8; the floor (0.5.3) has it under jax.experimental
+  from jax import enable_x64
+except ImportError:
+  from jax.experimental import enable_x64
+
 SDS = jax.ShapeDtypeStruct
 
 
@@ -282,7 +287,7 @@ def test_properties_against_a_float64_reference(structure_name, dtype_name):
     _check_case(structure_name, dtype_name, case)
 
   if dtype_name == "float64":
-    with jax.enable_x64(True):
+    with enable_x64(True):
       check()
   else:
     check()

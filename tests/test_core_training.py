@@ -1,15 +1,17 @@
 """Training loops users write: Flax linen TrainState, flax.nnx.Optimizer, equinox filtering."""
 
-import equinox as eqx
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
-from flax.training import train_state
+import pytest
 
 import layerwise_optax as lo
+
+eqx = pytest.importorskip("equinox")  # the framework loops need the test extra
+nn = pytest.importorskip("flax.linen")
+nnx = pytest.importorskip("flax.nnx")
+train_state = pytest.importorskip("flax.training.train_state")
 
 
 def _data(n=128, d=8, classes=3):
