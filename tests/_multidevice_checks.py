@@ -50,9 +50,11 @@ LAYOUTS = {
 }
 
 OPTIMIZERS = {  # eq. 10 (factor before momentum) and eq. 12 (factor after AdaGrad)
-    "sgd": lambda axis_name=None: lo.sgd(0.1, momentum=0.9, stacked="blocks",
-                                         axis_name=axis_name),
-    "adagrad": lambda axis_name=None: lo.adagrad(0.1, stacked="blocks", axis_name=axis_name),
+    # A tree without the stacked 'blocks' takes stacked=None (an unmatched prefix raises).
+    "sgd": lambda axis_name=None, stacked="blocks": lo.sgd(
+        0.1, momentum=0.9, stacked=stacked, axis_name=axis_name),
+    "adagrad": lambda axis_name=None, stacked="blocks": lo.adagrad(
+        0.1, stacked=stacked, axis_name=axis_name),
 }
 
 
@@ -92,7 +94,7 @@ def run_steps(step, params, state, grads_seq):
 @functools.cache
 def reference(opt, blocks=True):
   """(params, last updates) of the optimizer on one device, on the whole arrays."""
-  tx = OPTIMIZERS[opt]()
+  tx = OPTIMIZERS[opt](stacked="blocks" if blocks else None)
   params = make_params(blocks=blocks)
   grads_seq = [make_grads(s, blocks) for s in GRAD_SEEDS]
   out = run_steps(jax.jit(opt_step(tx)), params, jax.jit(tx.init)(params), grads_seq)
@@ -350,7 +352,7 @@ def test_pmap_sharded_params():
   grads_seq = [split(make_grads(s, blocks=False)) for s in GRAD_SEEDS]
   want = reference("sgd", blocks=False)
   for axis_name in ("i", None):
-    tx = OPTIMIZERS["sgd"](axis_name)
+    tx = OPTIMIZERS["sgd"](axis_name, stacked=None)
     state = jax.tree.map(np.zeros_like, tx.init(params))  # momentum: zeros, split like params
     got = merge(run_steps(jax.pmap(opt_step(tx), axis_name="i"), params, state, grads_seq)[:2])
     if axis_name:
