@@ -1,6 +1,6 @@
 """The paper's update rules step by step against NumPy transcriptions of Caffe's solvers.
 
-Caffe (local_rate = t * f_l, ../shared/protocols.md):
+Caffe (local_rate = t * f_l; the solvers are described in docs/protocols.md):
   SGD:      g += wd*w; h = mu*h + t*f_l*g; w -= h                              (eq. 10)
   Nesterov: g += wd*w; h_old = h; h = mu*h + t*f_l*g; w -= (1+mu)*h - mu*h_old
   AdaGrad:  g += wd*w; G += g^2; w -= t*f_l * g / sqrt(G + eps)                (eq. 12,
