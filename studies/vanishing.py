@@ -175,11 +175,30 @@ def window_mean(x: np.ndarray, frac: float = 0.1) -> np.ndarray:
   return x[:, :, -k:].mean(2)
 
 
+def early_checkpoint(setup: Setup) -> int:
+  """Index of the record at ~5% of training, where the layer profile is tabulated early."""
+  return max(0, setup.iters // setup.record_every // 20 - 1)
+
+
+def summary_heading(setup: Setup, seeds: int) -> tuple[str, list[str]]:
+  """The summary table's caption and column names. The norm is written ``‖g‖``: a ``|``
+  would end a Markdown table cell."""
+  fill = "Xavier fill" if setup.init_gain == 1 else (
+      f"Xavier fill x {setup.init_gain:g} (`--init-gain {setup.init_gain:g}`)")
+  caption = (f"MLP 784-{setup.width}x{setup.depth}-10, {setup.activation}, {fill}, batch "
+             f"{setup.batch}, momentum 0.9, {setup.iters} iterations, {seeds} seeds "
+             "(mean ± std). ‖g‖: geometric mean over seeds and training.")
+  t_early = (early_checkpoint(setup) + 1) * setup.record_every
+  header = ["run", "‖g‖ layer 1", f"‖g‖ layer {setup.depth + 1}",
+            f"layer-1 distance @ {t_early}", f"layer-1 distance @ {setup.iters}",
+            f"distance layer 1 / layer {setup.depth}", "train loss (last 10%)", "test error %"]
+  return caption, header
+
+
 def analyse(setup: Setup, runs: dict, seeds: int):
   names = layer_names(setup)
-  n_rec = setup.iters // setup.record_every
   # Checkpoints at which the layer profile is tabulated: ~5% and 100% of training.
-  early = max(0, n_rec // 20 - 1)
+  early = early_checkpoint(setup)
   out = {"layers": names, "runs": {}}
   rows_profile, rows_summary = [], []
   for label, r in runs.items():
@@ -219,16 +238,10 @@ def analyse(setup: Setup, runs: dict, seeds: int):
       k for k in runs if k.startswith("sgd+layer"))
   diff = runs[base]["test_error"][0, :, -1] - runs[lay]["test_error"][0, :, -1]
   out["paired_test_error_base_minus_layer"] = diff
-  t_early = (early + 1) * setup.record_every
+  caption, header = summary_heading(setup, seeds)
   table = "\n\n".join([
-      f"MLP 784-{setup.width}x{setup.depth}-10, {setup.activation}, Xavier fill, batch "
-      f"{setup.batch}, momentum 0.9, {setup.iters} iterations, {seeds} seeds (mean ± std). "
-      "||g||: geometric mean over seeds and training.",
-      stats.md_table(
-          ["run", "||g|| layer 1", f"||g|| layer {setup.depth + 1}",
-           f"layer-1 distance @ {t_early}", f"layer-1 distance @ {setup.iters}",
-           f"distance layer 1 / layer {setup.depth}", "train loss (last 10%)",
-           "test error %"], rows_summary),
+      caption,
+      stats.md_table(header, rows_summary),
       "Per layer (input first): mean factor over training / relative distance from init "
       f"at {setup.iters} (mean over seeds):",
       stats.md_table(["run"] + names, rows_profile),
