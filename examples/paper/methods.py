@@ -12,6 +12,9 @@ and then its update rule (``local_rate = t_l``):
 * AdaGrad:  ``G += g^2;  w -= t_l g / (sqrt(G) + delta)``          (paper eq. 12)
 * Adam:     ``w -= t_l m_hat / (sqrt(v_hat) + eps)``               (the extra pair)
 
+"+relative" (the ablation of :mod:`examples.paper.relative`) uses ``r_l = f_l / mean_k f_k``
+in place of ``f_l``, with the same placements.
+
 Here, with optax: the factor comes from :func:`layerwise_optax.scale_by_layerwise_lr`
 chained before ``optax.sgd`` for SGD/NAG (the factor enters the momentum history, as in
 Caffe), and from :func:`layerwise_optax.with_layerwise_lr` around AdaGrad and Adam (the
@@ -41,10 +44,13 @@ import optax
 
 import layerwise_optax as lo
 
+from . import relative
 from .configs import EXTRA_METHODS, METHODS, Schedule, Solver
 
 # The base update rules of the paper's harness.
 BASES = ("sgd", "nag", "adagrad", "adam")
+# The suffixes :func:`make_optimizer` builds: the factor of eq. 9, or its layer-relative form.
+SUFFIXES = ("layer", "relative")
 
 
 def schedule_fn(base_lr: float, schedule: Schedule) -> optax.Schedule:
@@ -77,13 +83,23 @@ def scale_by_mult(lr_mult: Any) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
-def split_method(method: str, bases: tuple[str, ...] = BASES) -> tuple[str, bool]:
-  """'nag+layer' -> ('nag', True); ``bases`` are the base methods a caller accepts."""
+def method_suffix(method: str, bases: tuple[str, ...] = BASES) -> tuple[str, str]:
+  """'nag+relative' -> ('nag', 'relative'), 'sgd' -> ('sgd', ''); ``bases`` are the base
+  methods a caller accepts. The suffixes are those of :data:`SUFFIXES` with the harness's
+  own ``BASES`` (which :func:`make_optimizer` builds), only ``layer`` with other bases."""
+  suffixes = SUFFIXES if bases == BASES else ("layer",)
   base, _, suffix = method.partition("+")
-  if suffix not in ("", "layer") or base not in bases:
+  if (suffix and suffix not in suffixes) or base not in bases:
     raise ValueError(f"unknown method {method!r}; use one of {', '.join(bases)}, "
-                     "optionally with +layer")
-  return base, suffix == "layer"
+                     f"optionally with {' or '.join('+' + s for s in suffixes)}")
+  return base, suffix
+
+
+def split_method(method: str, bases: tuple[str, ...] = BASES) -> tuple[str, bool]:
+  """'nag+layer' -> ('nag', True): the base and whether a layer factor (``+layer`` or
+  ``+relative``, see :func:`method_suffix`) scales its steps."""
+  base, suffix = method_suffix(method, bases)
+  return base, bool(suffix)
 
 
 def method_list(spec: str, bases: tuple[str, ...] = BASES) -> list[str]:
@@ -115,16 +131,19 @@ def method_names(bases: tuple[str, ...] = BASES):
 def make_optimizer(method: str, solver: Solver, lr_mult: Any, decay_mult: Any,
                    layers: Any = "module") -> optax.GradientTransformation:
   """The optax optimizer for ``method`` under ``solver`` (Caffe order, see module doc)."""
-  base, layerwise = split_method(method)
+  base, suffix = method_suffix(method)
   lr = schedule_fn(solver.base_lr, solver.schedule)
   decay = decay_by_mult(solver.weight_decay, decay_mult)
   mult = scale_by_mult(lr_mult)
   if base in ("sgd", "nag"):
-    factor = [lo.scale_by_layerwise_lr(layers)] if layerwise else []
+    chained = {"": [], "layer": [lo.scale_by_layerwise_lr(layers)],
+               "relative": [relative.scale_by_relative_layerwise_lr(layers)]}[suffix]
     mu = solver.momentum or None
-    return optax.chain(decay, *factor, mult, optax.sgd(lr, mu, nesterov=base == "nag"))
+    return optax.chain(decay, *chained, mult, optax.sgd(lr, mu, nesterov=base == "nag"))
   if base == "adagrad":
     inner = optax.chain(optax.adagrad(lr, initial_accumulator_value=0.0, eps=1e-16), mult)
   else:
     inner = optax.chain(optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8), mult)
-  return optax.chain(decay, lo.with_layerwise_lr(inner, layers) if layerwise else inner)
+  wrap = {"": lambda tx, layers: tx, "layer": lo.with_layerwise_lr,
+          "relative": relative.with_relative_layerwise_lr}[suffix]
+  return optax.chain(decay, wrap(inner, layers))
