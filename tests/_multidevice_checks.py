@@ -23,6 +23,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import layerwise_optax as lo
+from tests import reference
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="fewer than 8 devices")
 
@@ -92,7 +93,7 @@ def run_steps(step, params, state, grads_seq):
 
 
 @functools.cache
-def reference(opt, blocks=True):
+def one_device_run(opt, blocks=True):
   """(params, last updates) of the optimizer on one device, on the whole arrays."""
   tx = OPTIMIZERS[opt](stacked="blocks" if blocks else None)
   params = make_params(blocks=blocks)
@@ -171,7 +172,7 @@ def test_jit_sharded_update(layout, opt, axis_type):
     step = jax.jit(opt_step(tx)).lower(params, state, grads_seq[0]).compile()
     new_params, updates, new_state = run_steps(step, params, state, grads_seq)
 
-  want_params, want_updates = reference(opt)
+  want_params, want_updates = one_device_run(opt)
   assert_trees_close(updates, want_updates)
   assert_trees_close(new_params, want_params)
   for out in (new_params, updates):
@@ -273,7 +274,7 @@ def shard_map_run(opt, mesh_kind, with_axis_name):
 @pytest.mark.parametrize("opt,mesh_kind", [("sgd", "1d"), ("adagrad", "2d")])
 def test_shard_map_with_axis_name(opt, mesh_kind):
   """With axis_name (a name or a tuple of names) the updates are the single-device ones."""
-  assert_trees_close(shard_map_run(opt, mesh_kind, True), reference(opt))
+  assert_trees_close(shard_map_run(opt, mesh_kind, True), one_device_run(opt))
 
 
 def test_shard_map_without_axis_name_differs():
@@ -283,7 +284,7 @@ def test_shard_map_without_axis_name_differs():
   factor larger; the blocks of one layer also get different factors.
   """
   _, got_updates = shard_map_run("sgd", "1d", False)
-  assert max_rel_diff(got_updates, reference("sgd")[1]) > 0.05
+  assert max_rel_diff(got_updates, one_device_run("sgd")[1]) > 0.05
   # layer_factors without axis_name: device i reports the norms of its own blocks.
   norms = jax.device_get(_shard_map_norms(None))
   grads = make_grads(GRAD_SEEDS[-1])
@@ -320,7 +321,7 @@ def test_shard_map_replicated_params():
   """
   params, grads = make_params(blocks=False), make_grads(1, blocks=False)
   want_norms = numpy_norms(grads)
-  want_updates = {k: jax.tree.map(lambda g, k=k: -0.1 * (1 + np.log1p(1 / want_norms[k])) * g,
+  want_updates = {k: jax.tree.map(lambda g, k=k: -0.1 * reference.factor(want_norms[k]) * g,
                                   sub) for k, sub in grads.items()}
   mesh = jax.make_mesh((8,), ("batch",), axis_types=(AxisType.Explicit,))
   params, grads = jax.device_put((params, grads), NamedSharding(mesh, P()))
@@ -350,7 +351,7 @@ def test_pmap_sharded_params():
   merge = lambda t: jax.tree.map(lambda a: np.asarray(a).reshape((-1,) + a.shape[2:]), t)
   params = split(make_params(blocks=False))
   grads_seq = [split(make_grads(s, blocks=False)) for s in GRAD_SEEDS]
-  want = reference("sgd", blocks=False)
+  want = one_device_run("sgd", blocks=False)
   for axis_name in ("i", None):
     tx = OPTIMIZERS["sgd"](axis_name, stacked=None)
     state = jax.tree.map(np.zeros_like, tx.init(params))  # momentum: zeros, split like params

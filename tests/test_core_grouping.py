@@ -7,10 +7,7 @@ import optax
 import pytest
 
 import layerwise_optax as lo
-
-
-def _factor(norm):
-  return 1.0 + np.log1p(1.0 / norm)
+from tests import reference
 
 
 def _update(tree, **kwargs):
@@ -21,30 +18,30 @@ def _update(tree, **kwargs):
 def test_leaves_directly_under_root_are_one_layer_each():
   grads = [jnp.array([3.0]), jnp.array([4.0])]
   out = _update(grads)
-  np.testing.assert_allclose(out[0], 3.0 * _factor(3.0), rtol=1e-6)
-  np.testing.assert_allclose(out[1], 4.0 * _factor(4.0), rtol=1e-6)
+  np.testing.assert_allclose(out[0], 3.0 * reference.factor(3.0), rtol=1e-6)
+  np.testing.assert_allclose(out[1], 4.0 * reference.factor(4.0), rtol=1e-6)
   assert list(lo.layer_factors(grads)) == ["0", "1"]
   assert list(lo.layer_factors(jnp.array([3.0, 4.0]))) == ["<root>"]
-  np.testing.assert_allclose(_update(jnp.array([3.0, 4.0])), [3.0 * _factor(5.0),
-                                                              4.0 * _factor(5.0)], rtol=1e-6)
+  np.testing.assert_allclose(_update(jnp.array([3.0, 4.0])),
+                             np.array([3.0, 4.0]) * reference.factor(5.0), rtol=1e-6)
 
 
 def test_label_tree_groups_across_modules():
   grads = {"a": {"w": jnp.array([3.0])}, "b": {"w": jnp.array([4.0])}, "c": {"w": jnp.ones(1)}}
   labels = {"a": "x", "b": "x", "c": "y"}  # a prefix of the gradient tree
   out = _update(grads, layers=labels)
-  np.testing.assert_allclose(out["a"]["w"], 3.0 * _factor(5.0), rtol=1e-6)
-  np.testing.assert_allclose(out["b"]["w"], 4.0 * _factor(5.0), rtol=1e-6)
-  np.testing.assert_allclose(out["c"]["w"], _factor(1.0), rtol=1e-6)
+  np.testing.assert_allclose(out["a"]["w"], 3.0 * reference.factor(5.0), rtol=1e-6)
+  np.testing.assert_allclose(out["b"]["w"], 4.0 * reference.factor(5.0), rtol=1e-6)
+  np.testing.assert_allclose(out["c"]["w"], reference.factor(1.0), rtol=1e-6)
   assert set(lo.layer_factors(grads, layers=labels)) == {"x", "y"}
 
 
 def test_callable_label_of_path():
   grads = {"enc": {"w": jnp.array([3.0])}, "dec": {"w": jnp.array([4.0])}}
   one_group = _update(grads, layers=lambda path, leaf: "all")
-  np.testing.assert_allclose(one_group["enc"]["w"], 3.0 * _factor(5.0), rtol=1e-6)
+  np.testing.assert_allclose(one_group["enc"]["w"], 3.0 * reference.factor(5.0), rtol=1e-6)
   by_top = _update(grads, layers=lambda path, leaf: path[0].key)
-  np.testing.assert_allclose(by_top["enc"]["w"], 3.0 * _factor(3.0), rtol=1e-6)
+  np.testing.assert_allclose(by_top["enc"]["w"], 3.0 * reference.factor(3.0), rtol=1e-6)
 
 
 def test_stacked_layers_get_one_factor_per_slice():
@@ -54,15 +51,15 @@ def test_stacked_layers_get_one_factor_per_slice():
            "Head": {"kernel": jnp.array([1.0])}}
   out = _update(grads, stacked="ScanBlock")
   np.testing.assert_allclose(out["ScanBlock"]["Dense_0"]["kernel"][0],
-                             kernel[0] * _factor(5.0), rtol=1e-6)
+                             kernel[0] * reference.factor(5.0), rtol=1e-6)
   np.testing.assert_allclose(out["ScanBlock"]["Dense_0"]["kernel"][1],
-                             kernel[1] * _factor(0.5), rtol=1e-6)
+                             kernel[1] * reference.factor(0.5), rtol=1e-6)
   stats = lo.layer_factors(grads, stacked=lambda name: name.startswith("ScanBlock"))
   np.testing.assert_allclose(stats["ScanBlock/Dense_0"].norm, [5.0, 0.5], rtol=1e-6)
   # Unstacked, the whole stack is one layer.
   flat = _update(grads)
   np.testing.assert_allclose(flat["ScanBlock"]["Dense_0"]["kernel"][1],
-                             kernel[1] * _factor(np.sqrt(25.25)), rtol=1e-6)
+                             kernel[1] * reference.factor(np.sqrt(25.25)), rtol=1e-6)
 
 
 def test_stacked_flax_linen_scan_gets_one_factor_per_scanned_layer():
@@ -90,7 +87,7 @@ def test_stacked_flax_linen_scan_gets_one_factor_per_scanned_layer():
   np.testing.assert_allclose(stats["params/blocks/Dense_0"].norm, norms, rtol=1e-5)
   out = _update(params, stacked="params/blocks")
   np.testing.assert_allclose(out["params"]["blocks"]["Dense_0"]["kernel"][2],
-                             kernel[2] * _factor(norms[2]), rtol=1e-5)
+                             kernel[2] * reference.factor(norms[2]), rtol=1e-5)
 
 
 def test_stacked_prefix_matches_whole_path_components_only():
@@ -110,12 +107,13 @@ def test_none_and_masked_nodes_pass_through():
   grads = {"a": {"w": jnp.array([3.0, 4.0]), "frozen": None}, "b": None}
   out = _update(grads)
   assert out["a"]["frozen"] is None and out["b"] is None
-  np.testing.assert_allclose(out["a"]["w"], [3.0 * _factor(5.0), 4.0 * _factor(5.0)], rtol=1e-6)
+  np.testing.assert_allclose(out["a"]["w"], np.array([3.0, 4.0]) * reference.factor(5.0),
+                             rtol=1e-6)
 
   params = {"a": {"w": jnp.array([3.0, 4.0])}, "b": {"w": jnp.ones(2)}}
   tx = optax.masked(lo.scale_by_layerwise_lr(), {"a": True, "b": False})
   updates, _ = tx.update(params, tx.init(params))
-  np.testing.assert_allclose(updates["a"]["w"], params["a"]["w"] * _factor(5.0), rtol=1e-6)
+  np.testing.assert_allclose(updates["a"]["w"], params["a"]["w"] * reference.factor(5.0), rtol=1e-6)
   np.testing.assert_array_equal(updates["b"]["w"], params["b"]["w"])
 
 
@@ -123,8 +121,8 @@ def test_empty_trees_and_scalar_leaves():
   assert _update({}) == {}
   assert _update(None) is None
   out = _update({"scale": jnp.array(2.0), "py": 0.5})
-  np.testing.assert_allclose(out["scale"], 2.0 * _factor(2.0), rtol=1e-6)
-  np.testing.assert_allclose(out["py"], 0.5 * _factor(0.5), rtol=1e-6)
+  np.testing.assert_allclose(out["scale"], 2.0 * reference.factor(2.0), rtol=1e-6)
+  np.testing.assert_allclose(out["py"], 0.5 * reference.factor(0.5), rtol=1e-6)
 
 
 def test_nnx_variables_at_init_and_arrays_at_update_group_alike():
