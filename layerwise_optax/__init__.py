@@ -5,17 +5,7 @@ References:
   Networks." ICMLA 2015. arXiv:1510.04609.
 """
 
-from layerwise_optax._alias import adagrad, sgd
-from layerwise_optax._grouping import LayerPlan, make_plan
-from layerwise_optax._transform import (
-    LayerFactor,
-    LayerwiseLrState,
-    WithLayerwiseLrState,
-    layer_factors,
-    scale_by_layerwise_lr,
-    with_layerwise_lr,
-)
-
+# Module dunders before the imports (PEP 8).
 __version__ = "0.1.0"
 
 __all__ = [
@@ -30,3 +20,14 @@ __all__ = [
     "sgd",
     "with_layerwise_lr",
 ]
+
+from layerwise_optax._alias import adagrad, sgd
+from layerwise_optax._grouping import LayerPlan, make_plan
+from layerwise_optax._transform import (
+    LayerFactor,
+    LayerwiseLrState,
+    WithLayerwiseLrState,
+    layer_factors,
+    scale_by_layerwise_lr,
+    with_layerwise_lr,
+)
