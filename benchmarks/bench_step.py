@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import re
@@ -40,7 +39,7 @@ from benchmarks.compiles import compile_log, n_compiles
 from benchmarks.hlo import hlo_summary
 from benchmarks.methods import methods, state_bytes, target
 from benchmarks.timing import SharedBuffers, fit_reps, paired_ratio, time_interleaved
-from examples.paper import cli
+from examples.paper import cli, files
 
 
 def bench_tree(tree_name: str, shapes: Any, reps: int, budget_s: float = 1e9) -> list[dict]:
@@ -259,9 +258,8 @@ def main(argv: list[str] | None = None) -> int:
   print("\n".join(table(rows)))
   hlo = run_hlo() if args.hlo else {}
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"machine": machine(), "reps": args.reps, "budget_s": args.budget,
-                 "rows": rows, "hlo": hlo}, f, indent=1)
+    files.write_json(args.json, {"machine": machine(), "reps": args.reps,
+                                 "budget_s": args.budget, "rows": rows, "hlo": hlo})
   totals = summary(rows)
   print(f"# targets missed: {totals['missed']}; added state: {totals['added_state']}; "
         f"recompiles: {totals['recompiled']}; A/A noise floor: {totals['aa']}")

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import time
 from pathlib import Path
 
-from examples.paper import cli, configs, data, methods, pool, report, train
+from examples.paper import cli, configs, data, files, methods, pool, report, train
 
 # The protocols of the datasets this command reads.
 READABLE_PROTOCOLS = sorted(name for name, protocol in configs.PROTOCOLS.items()
@@ -111,9 +110,9 @@ class Reporter:
     print(self.markdown)
     print(f"wrote {self.out}/table.md, results.json, test_error.csv"
           + ("" if self.args.no_plots else ", test_error.png, effective_lr.png"))
-    (self.out / "timing.json").write_text(json.dumps({"wall_s": self.config["wall_s"], "runs": {
+    files.write_json(self.out / "timing.json", {"wall_s": self.config["wall_s"], "runs": {
         m: [round(float(self.runs[(m, s)]["wall_s"]), 1) for s in seeds]
-        for m in self.args.methods}}, indent=1))
+        for m in self.args.methods}})
 
   def complete_seeds(self, seeds: list[int]) -> list[int]:
     return [s for s in seeds if all((m, s) in self.runs for m in self.args.methods)]

@@ -1,9 +1,9 @@
 """What every study writes: ``results.json`` (every number, per seed), ``table.md`` (the
-headline table, with the wall time and backend) and its figures, under ``--out``."""
+headline table, with the wall time and backend) and its figures, under ``--out``, each written
+atomically (``examples/paper/files.py``)."""
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import sys
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from examples.paper import files
 
 
 def environment() -> dict[str, Any]:
@@ -57,8 +59,8 @@ def finish(name: str, args: Any, argv: list[str] | None, results: dict, table: s
                      sys.argv[1:] if argv is None else argv))
   table += f"\n\nWall time: {elapsed():.0f} s ({results['environment']['backend']}).\n"
   args.out.mkdir(parents=True, exist_ok=True)
-  (args.out / "results.json").write_text(json.dumps(jsonable(results), indent=1) + "\n")
-  (args.out / "table.md").write_text(table.rstrip() + "\n")
+  files.write_json(args.out / "results.json", jsonable(results))
+  files.write_text(args.out / "table.md", table.rstrip() + "\n")
   if plot is not None and not args.no_plots:
     plot()
   print(table)

@@ -14,10 +14,12 @@ References:
 from __future__ import annotations
 
 import csv
-import json
+import io
 from pathlib import Path
 
 import numpy as np
+
+from examples.paper import files
 
 
 def mean_std(x: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -38,9 +40,10 @@ def pyplot():
 
 
 def save_figure(fig, path: Path, dpi: int = 110) -> None:
-  """Lays out ``fig``, writes it to ``path`` and closes it."""
+  """Lays out ``fig``, writes it to ``path`` (atomically) and closes it."""
   fig.tight_layout()
-  fig.savefig(path, dpi=dpi)
+  with files.replacing(path) as temporary:
+    fig.savefig(temporary, dpi=dpi)
   pyplot().close(fig)
 
 
@@ -96,18 +99,19 @@ def write_json(path: Path, results: dict[str, dict], config: dict, every: int = 
         **{k: np.round(_subsample(r[k], every), 7).tolist()
            for k in ("train_loss", "grad_norm", "factor", "effective_lr")},
     }
-  Path(path).write_text(json.dumps(out, indent=1))
+  files.write_json(path, out)
 
 
 def write_csv(path: Path, results: dict[str, dict]) -> None:
   """Long-form test-error curves: method, seed, iteration, test_error."""
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["method", "seed", "iteration", "test_error"])
-    for method, r in results.items():
-      for i, seed in enumerate(r["seeds"]):
-        for k, err in zip(r["eval_iters"], r["test_error"][i]):
-          w.writerow([method, seed, k, f"{err:.6f}"])
+  text = io.StringIO()
+  rows = csv.writer(text)
+  rows.writerow(["method", "seed", "iteration", "test_error"])
+  for method, r in results.items():
+    for i, seed in enumerate(r["seeds"]):
+      for k, err in zip(r["eval_iters"], r["test_error"][i]):
+        rows.writerow([method, seed, k, f"{err:.6f}"])
+  files.write_text(path, text.getvalue())
 
 
 def plot_test_error(path: Path, results: dict[str, dict], title: str) -> None:
@@ -165,7 +169,7 @@ def write_report(out: Path, results: dict[str, dict], config: dict, plots: bool 
   out.mkdir(parents=True, exist_ok=True)
   eval_iters = next(iter(results.values()))["eval_iters"]
   md = markdown_table(results, eval_iters) + "\n" + paired_table(results, eval_iters)
-  (out / "table.md").write_text(md)
+  files.write_text(out / "table.md", md)
   write_json(out / "results.json", results, config)
   write_csv(out / "test_error.csv", results)
   if plots:
