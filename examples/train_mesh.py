@@ -34,8 +34,9 @@ set before jax starts a backend). ``--processes P`` runs the mesh over P local p
 N/P devices each, with JAX's multi-controller runtime (``jax.distributed``, a coordinator
 on 127.0.0.1, gloo collectives between the CPU devices): this command starts the P
 processes, process 0 prints the report, and if one of them fails the others are stopped
-with one line saying which. On several hosts, run one process per host with
-``--process-id I --coordinator HOST0:PORT`` (see docs/scale_out.md)::
+with one line saying which (the launcher: ``examples/mesh_processes.py``). On several
+hosts, run one process per host with ``--process-id I --coordinator HOST0:PORT`` (see
+docs/scale_out.md)::
 
   python -m examples.train_mesh --devices 8 --mode both --iters 100 [--x64]
   python -m examples.train_mesh --devices 8 --processes 2 --methods sgd+layer,adagrad+layer
@@ -47,18 +48,9 @@ or ``--data-dir`` (see ``examples/paper/data.py``); ``--synthetic`` uses random 
 from __future__ import annotations
 
 import argparse
-import errno
-import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import jax
 import numpy as np
@@ -66,9 +58,11 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from examples.paper import cli, configs, data, methods, train
+from examples import mesh_processes
+from examples.paper import cli, configs, data, files, methods, train
 
 PROG = "train_mesh"
+MODULE = "examples.train_mesh"
 PROTOCOL = configs.MNIST
 
 
@@ -77,8 +71,6 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--devices", type=cli.positive_int, default=8,
                  help="mesh size N, over all processes (simulated CPU devices if there are "
                       "fewer accelerators)")
-  p.add_argument("--processes", type=cli.positive_int, default=1,
-                 help="run the mesh over P processes of N/P devices each")
   p.add_argument("--mode", choices=("dp", "fsdp", "both"), default="both")
   p.add_argument("--iters", type=cli.positive_int, default=100)
   p.add_argument("--methods", default="sgd+layer",
@@ -99,16 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "allowed (default: 1e-10 with --x64; not judged in float32)")
   p.add_argument("--json", default=None,
                  help="also write the results (step differences, both loss curves) here")
-  p.add_argument("--timeout", type=cli.positive_int, default=60,
-                 help="seconds to wait for the other processes to join, or for a silent one "
-                      "before it counts as dead")
-  p.add_argument("--port", type=cli.positive_int, default=None,
-                 help="coordinator port on 127.0.0.1 for --processes (default: a free one)")
-  p.add_argument("--process-id", type=int, default=None,
-                 help="run only process I of --processes (one per host; with --coordinator)")
-  p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
-  p.add_argument("--fail-process", type=int, default=None,
-                 help="fault drill: process I kills itself (SIGKILL) after its first step")
+  mesh_processes.add_arguments(p)
   args = p.parse_args(argv)
   try:
     args.methods = methods.method_list(args.methods)
@@ -125,108 +108,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   for name in ("step_tol", "tol"):
     if getattr(args, name) is not None and not getattr(args, name) > 0:
       p.error(f"--{name.replace('_', '-')} must be > 0")
-  if args.process_id is not None and not 0 <= args.process_id < args.processes:
-    p.error(f"--process-id must be in 0..{args.processes - 1}")
-  if (args.process_id is None) != (args.coordinator is None) and args.processes > 1:
-    p.error("--process-id and --coordinator go together")
+  mesh_processes.check_arguments(p, args)
   return args
 
 
-# --- several local processes: the launcher ----------------------------------------------
+# --- the runtime, the data, the two layouts ---------------------------------------------
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-  with socket.socket() as s:
-    try:
-      s.bind((host, port))
-    except OSError as e:
-      return e.errno == errno.EADDRINUSE  # not e.g. a host name of another machine
-  return False
-
-
-def exit_reason(code: int) -> str:
-  if code < 0:
-    return f"was killed by {signal.Signals(-code).name}"
-  return f"exited with status {code}"
-
-
-def last_error_line(log: str) -> str | None:
-  """The one-line message a process of this command wrote last, if any."""
-  with open(log, errors="replace") as f:
-    lines = [line.strip() for line in f if line.startswith(f"{PROG}:")]
-  return lines[-1] if lines else None
-
-
-def forward_report(stream) -> None:
-  """Process 0's stdout to ours, without gloo's connection messages."""
-  for line in stream:
-    if not line.startswith("[Gloo]"):
-      sys.stdout.write(line)
-      sys.stdout.flush()
-
-
-def stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
-  for proc in procs:
-    if proc.poll() is None:
-      proc.terminate()
-  deadline = time.monotonic() + grace
-  for proc in procs:
-    try:
-      proc.wait(max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
-
-
-def launch(args: argparse.Namespace, argv: list[str]) -> int:
-  """Starts ``--processes`` copies of this command on 127.0.0.1 and waits for them.
-
-  Process 0's report goes to stdout; every process's stderr (and the others' stdout) goes to
-  a log file, kept only if something fails. The first process to fail stops the others.
-  """
-  port = args.port or free_port()
-  if port_in_use(port):
-    fail(f"port {port} on 127.0.0.1 is in use; pass another --port, or none for a free one")
-  logs = tempfile.mkdtemp(prefix=f"{PROG}-")
-  procs, paths = [], []
-  signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # stop them too
-  try:
-    for i in range(args.processes):
-      paths.append(os.path.join(logs, f"process{i}.log"))
-      with open(paths[-1], "w") as log:
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "examples.train_mesh", *argv, "--process-id", str(i),
-             "--coordinator", f"127.0.0.1:{port}"],
-            stdout=subprocess.PIPE if i == 0 else log, stderr=log, text=True))
-    report = threading.Thread(target=forward_report, args=(procs[0].stdout,))
-    report.start()
-    while (codes := [proc.poll() for proc in procs]).count(0) < len(procs):
-      # A process killed by a signal is the cause; the others fail because it is gone.
-      failed = sorted((code >= 0, i) for i, code in enumerate(codes) if code not in (None, 0))
-      if failed:
-        i = failed[0][1]
-        stop(procs)
-        report.join(5)
-        message = last_error_line(paths[i]) or (
-            f"{PROG}: process {i} of {args.processes} {exit_reason(codes[i])}")
-        fail(f"{message.removeprefix(f'{PROG}: ')}; stopped the other processes "
-             f"(logs: {logs})")
-      time.sleep(0.1)
-    report.join()
-    shutil.rmtree(logs, ignore_errors=True)
-    return 0
-  finally:
-    stop(procs)
-
-
-# --- one process: the runtime, the data, the two layouts --------------------------------
-
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
   print(f"{PROG}: {message}", file=sys.stderr)
   sys.exit(1)
 
@@ -238,23 +126,7 @@ def start_runtime(args: argparse.Namespace) -> list:
   jax.config.update("jax_enable_x64", args.x64)
   jax.config.update("jax_default_matmul_precision", "highest")
   if args.processes > 1:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    where = f"process {args.process_id} of {args.processes}"
-    host, _, port = args.coordinator.rpartition(":")
-    # Checked first: jaxlib's coordinator can crash (SIGSEGV) instead of raising on a busy port.
-    if args.process_id == 0 and port.isdigit() and port_in_use(int(port), host):
-      fail(f"{where}: the coordinator port {args.coordinator} is in use; pass another port")
-    try:
-      jax.distributed.initialize(
-          coordinator_address=args.coordinator, num_processes=args.processes,
-          process_id=args.process_id, initialization_timeout=args.timeout,
-          heartbeat_timeout_seconds=args.timeout, shutdown_timeout_seconds=args.timeout,
-          # On one machine listen on the loopback address only; else jax's default, all.
-          coordinator_bind_address=args.coordinator if host == "127.0.0.1" else None)
-    except Exception as e:  # noqa: BLE001 - the runtime raises several kinds
-      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      fail(f"{where} could not start or join the coordinator at {args.coordinator} "
-           f"({reason}); is its port free and process 0 running?")
+    mesh_processes.join(args)
   devices = jax.devices()
   if len(devices) != args.devices:  # e.g. one GPU: use the simulated CPU devices
     devices = jax.devices("cpu")
@@ -422,8 +294,8 @@ def train_mesh(problem: Problem, shardings, step, reference, args) -> MeshRun:
   diffs, start, before = [], time.perf_counter(), problem.state
   for k in range(args.iters):
     state = jax.block_until_ready(step(state, x, y))
-    if k == 0 and args.fail_process == jax.process_index():
-      os.kill(os.getpid(), signal.SIGKILL)
+    if k == 0:
+      mesh_processes.fault_drill(args)
     after = to_host(state, shardings.order)
     if jax.process_index() == 0:
       diffs.append(step_diffs(before.seed, after.seed, reference(before).seed, k))
@@ -525,10 +397,19 @@ def compare(args, method: str, images, labels, devices) -> list[dict]:
   return summaries
 
 
-def write_json(path: str, results: dict) -> None:
+def print_header(args: argparse.Namespace, devices: list) -> None:
+  if jax.process_index() == 0:
+    print(f"{args.iters} iterations, global batch {args.batch} ({args.batch // args.devices} "
+          f"per device), {'float64' if args.x64 else 'float32'}, "
+          f"{'synthetic data' if args.synthetic else 'Fashion-MNIST'}; mesh of "
+          f"{args.devices} {devices[0].platform} devices in {args.processes} process(es)")
+
+
+def write_json(path: str, argv: list[str], summaries: list[dict]) -> None:
+  """The command and every layout's summary, written atomically."""
   try:
-    with open(path, "w") as f:
-      json.dump(results, f, indent=1)
+    files.write_json(path, {"command": f"python -m {MODULE} " + " ".join(argv),
+                            "runs": summaries})
   except OSError as e:
     fail(f"cannot write {path} ({e.strerror}); pass another --json")
 
@@ -536,20 +417,18 @@ def write_json(path: str, results: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
-  if args.processes > 1 and args.process_id is None:
-    return launch(args, argv)
-  devices = start_runtime(args)
+  try:
+    if mesh_processes.launches(args):
+      return mesh_processes.launch(MODULE, PROG, argv, args)
+    devices = start_runtime(args)
+  except mesh_processes.ProcessError as e:
+    fail(str(e))
   images, labels = load_images(args)
-  if jax.process_index() == 0:
-    print(f"{args.iters} iterations, global batch {args.batch} ({args.batch // args.devices} "
-          f"per device), {'float64' if args.x64 else 'float32'}, "
-          f"{'synthetic data' if args.synthetic else 'Fashion-MNIST'}; mesh of "
-          f"{args.devices} {devices[0].platform} devices in {args.processes} process(es)")
+  print_header(args, devices)
   summaries = [summary for method in args.methods
                for summary in compare(args, method, images, labels, devices)]
   if args.json and jax.process_index() == 0:
-    write_json(args.json, {"command": "python -m examples.train_mesh " + " ".join(argv),
-                           "runs": summaries})
+    write_json(args.json, argv, summaries)
   failures = [failure for summary in summaries for failure in failed_checks(args, summary)]
   if failures:
     fail("; ".join(failures))
