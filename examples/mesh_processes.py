@@ -11,9 +11,11 @@ a coordinator at process 0's address, gloo collectives between CPU devices):
 * :func:`join` is each process's start: it joins the coordinator at ``--coordinator``
   within ``--timeout`` seconds (also the heartbeat and shutdown timeouts, so a silent
   process counts as dead after that long), and fails with one line if it cannot.
-* On several hosts each host runs one process with ``--process-id I --coordinator
-  HOST0:PORT`` (see docs/scale_out.md); ``--fail-process I`` is a fault drill: process I
-  kills itself (SIGKILL) after its first step (:func:`fault_drill`).
+* :func:`fault_drill` (``--fail-process I``): process I kills itself (SIGKILL) after its
+  first step, to check that the others stop with one line instead of hanging.
+
+On several hosts each host runs one process with ``--process-id I --coordinator HOST0:PORT``
+(see docs/scale_out.md).
 
 Every failure raises :class:`ProcessError` with a one-line message, for the command to
 print.
