@@ -1,4 +1,5 @@
-# One command each: `make test` (set up + lint + tests), `make demo` (the paper's comparison).
+# One command each: `make test` (set up + lint + tests), `make demo` (the paper's comparison);
+# CI (.ci/run) runs `make test`, then `make docs`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -33,7 +34,11 @@ package-check: $(VENV)/.installed
 
 # The docs site from docs/ (Sphinx, warnings as errors, a fresh build each time) into
 # docs/_build/html; it fails when a public name has no docstring or no entry in docs/api.md.
+# The docs extra needs Python >= 3.11 (Sphinx 9), though the package supports 3.10.
 $(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "make docs needs Python >= 3.11 (Sphinx 9); $(VENV) has $$($(PY) -V)."; \
+	  echo "Rebuild it with a newer Python: make clean && make docs PYTHON=python3.11"; exit 1; }
 	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[docs]' || $(PY) -m pip install -q -e '.[docs]'
 	touch $@
 
@@ -66,12 +71,13 @@ data:
 	  echo "or: $(PY) -m examples.reproduce --download (fetches and verifies the files)"; \
 	  exit 1; }
 
-# Optimizer-step cost against optax (~8 min on 2 CPU cores); the committed figures in
-# results/bench/ were made the same way.
+# Optimizer-step cost against optax (~8 min on 2 CPU cores) and its short table (the
+# README's); the committed figures in results/bench/ were made the same way.
 bench: $(VENV)/.installed
 	mkdir -p runs/bench
 	bash -o pipefail -c '$(PY) -m benchmarks.bench_step --hlo --json runs/bench/cpu.json \
 	  | tee runs/bench/cpu.md'
+	$(PY) -m benchmarks.summary --json runs/bench/cpu.json --out runs/bench/summary.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache docs/_build
