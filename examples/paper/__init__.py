@@ -2,8 +2,9 @@
 
 Modules: ``configs`` (the paper's Caffe protocols), ``data`` (checked readers and downloads),
 ``models`` (LeNet, cifar10_quick/full, AlexNet in Flax), ``methods`` (the optimizers, Caffe
-order), ``train`` (jitted training, evaluation, checkpoints), ``report`` (table, JSON/CSV,
-plots). The CLI is ``examples/reproduce.py``.
+order), ``train`` (jitted training, evaluation, checkpoints), ``relative`` (the layer-relative
+ablation), ``report`` (table, JSON/CSV, plots), ``files`` (atomic writes), ``pool`` (worker
+processes), ``cli`` (one-line command-line errors). The CLI is ``examples/reproduce.py``.
 
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep
