@@ -1,7 +1,10 @@
 """The docs without a Sphinx build: the check for undocumented public names
-(docs/public_api.py), the pages' ``pycon`` examples as doctests and their whole programs."""
+(docs/public_api.py), the pages' ``pycon`` examples as doctests and their whole programs, the
+README's quick start, and the commands the README and the pages name: every ``make`` target
+exists and every ``python -m`` module answers ``--help``."""
 
 import doctest
+import importlib
 import re
 import types
 from pathlib import Path
@@ -11,7 +14,8 @@ import pytest
 import layerwise_optax
 from docs.public_api import missing_names
 
-DOCS = Path(__file__).parents[1] / "docs"
+ROOT = Path(__file__).parents[1]
+DOCS = ROOT / "docs"
 PYCON_BLOCK = re.compile(r"^```pycon\n(.*?)^```", flags=re.M | re.S)
 # On these pages a ```python block that starts with an import is a whole program (the others
 # are fragments); other pages (scale_out.md) start fragments with imports too.
@@ -92,3 +96,45 @@ def test_the_programs_are_found():
 @pytest.mark.parametrize("program", _programs())
 def test_page_program_runs(program):
   exec(compile(program, "<docs>", "exec"), {"__name__": "docs_example"})
+
+
+def test_readme_quick_start_runs():
+  readme = (ROOT / "README.md").read_text()
+  (program,) = PROGRAM_BLOCK.findall(readme)
+  namespace = {"__name__": "readme_example"}
+  exec(compile(program, "<README>", "exec"), namespace)
+  assert type(namespace["tx"]).__name__ == "GradientTransformationExtraArgs"
+
+
+def _command_texts() -> dict[str, str]:
+  return {page.name: page.read_text() for page in [ROOT / "README.md", *DOCS.glob("*.md")]}
+
+
+MAKE_COMMAND = re.compile(r"`make ([a-z][\w-]*)")
+PYTHON_MODULE = re.compile(r"python -m ((?:examples|studies|benchmarks)\.\w+)")
+
+
+def test_every_make_target_named_exists():
+  makefile = (ROOT / "Makefile").read_text()
+  targets = set(re.findall(r"^([a-z][\w-]*):", makefile, flags=re.M))
+  named = {target for text in _command_texts().values() for target in MAKE_COMMAND.findall(text)}
+  assert {"test", "demo", "docs"} <= named
+  assert named <= targets, named - targets
+
+
+def _modules_named():
+  return sorted({module for text in _command_texts().values()
+                 for module in PYTHON_MODULE.findall(text)})
+
+
+def test_the_commands_are_found():
+  assert {"examples.reproduce", "studies.vanishing", "benchmarks.bench_step"} <= set(
+      _modules_named())
+
+
+@pytest.mark.parametrize("module", _modules_named())
+def test_every_python_module_named_answers_help(module, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    importlib.import_module(module).main(["--help"])
+  assert exit_info.value.code == 0
+  assert capsys.readouterr().out.startswith("usage: ")
