@@ -138,3 +138,17 @@ def test_every_python_module_named_answers_help(module, capsys):
     importlib.import_module(module).main(["--help"])
   assert exit_info.value.code == 0
   assert capsys.readouterr().out.startswith("usage: ")
+
+
+def _github_anchor(heading: str) -> str:
+  return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_links_point_at_files_and_headings_there_are():
+  links = re.findall(r"\]\(([^)#:]+)(?:#([\w-]+))?\)", (ROOT / "README.md").read_text())
+  assert len(links) >= 10
+  for path, anchor in links:
+    assert (ROOT / path).exists(), path
+    if anchor:
+      headings = re.findall(r"^#+ (.*)$", (ROOT / path).read_text(), flags=re.M)
+      assert anchor in {_github_anchor(heading) for heading in headings}, f"{path}#{anchor}"
