@@ -301,5 +301,6 @@ def sizes(setup: ImageSetup, args, **extra) -> dict:
   n_train, n_test = args.split_sizes or (60000, 10000)
   return {"model": type(setup.model).__name__, "train_images": n_train - args.val_size,
           "val_images": args.val_size, "test_images": n_test, "batch": setup.batch,
-          "eval_points": setup.eval_points, "factor_points": setup.factor_points,
+          "eval_iters": eval_iters(args.iters, setup.eval_points),
+          "factor_points": setup.factor_points,
           "layers": setup.layers, **extra}
