@@ -13,11 +13,13 @@ Data: the last ``--val-size`` training images are the validation split (selectio
 official test set is reported; error (%) measured at evenly spaced evaluation points
 (:mod:`evidence.images`). Run sizes are in ``Workload.sizes`` (results.json "sizes").
 
-Sizes: 500 iterations of batch 64 (32,000 images, about 0.6 epoch of the 50,000 training
-images), validation (10,000) and test (10,000) error at iterations 100, 200, ..., 500, factors
-at 50 iterations. One single-threaded worker on a 2-core AMD EPYC VM trains LeNet at 21-37
-it/s (the VM's load varies) and evaluates 10,000 images in 0.7 s, so a run takes 15-30 s and
-the protocol's ~11 runs for each of 9 methods about 15-25 minutes with ``--workers 2``.
+Sizes: 300 iterations of batch 64 (19,200 images, about 0.35 epoch of the 55,000 training
+images), validation (the last 5,000 training images) and test (10,000) error at iterations
+100, 200 and 300, factors at 50 iterations. On a 2-core AMD EPYC VM one single-threaded
+worker trains LeNet at 42 it/s when the VM is otherwise idle and evaluates 10,000 images in
+0.33 s; two workers side by side, with other processes running, made 16 it/s each and 1.3 s
+per 10,000 images. A run then takes 9-25 s, and the protocol's ~11 runs for each of 9
+methods 8-20 minutes with ``--workers 2``.
 
 Run: ``python -m evidence.lenet`` (outputs in results/evidence/lenet/).
 
@@ -37,7 +39,7 @@ from examples.paper import cli, configs, methods
 from examples.paper import models as harness_models
 
 PROTOCOL = configs.MNIST
-ITERS = 500
+ITERS = 300
 METHODS = {f"{base}{suffix}": PROTOCOL.solvers[base].base_lr
            for base in ("sgd", "nag", "adagrad") for suffix in ("", "+layer", "+relative")}
 MODEL = harness_models.LeNet()
@@ -54,7 +56,7 @@ def optimizer(method: str, lr: float, iters: int, params) -> images.Optimizer:
                           methods.decay_by_mult(solver.weight_decay, decay_mult))
 
 
-SETUP = images.ImageSetup(model=MODEL, optimizer=optimizer, batch=64, eval_points=5)
+SETUP = images.ImageSetup(model=MODEL, optimizer=optimizer, batch=64, eval_points=3)
 
 
 def workload(parser, args) -> tuning.Workload:
@@ -71,7 +73,7 @@ def workload(parser, args) -> tuning.Workload:
 @cli.reports_errors
 def main(argv=None) -> None:
   parser = tuning.parser("lenet", __doc__, iters=ITERS)
-  images.add_data_options(parser, val_size=10000)
+  images.add_data_options(parser, val_size=5000)
   args = parser.parse_args(argv)
   tuning.main(workload(parser, args), args)
 

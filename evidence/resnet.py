@@ -27,12 +27,14 @@ Baselines for the paired differences: X+layer and X+relative against X, optax.la
 sgd. Error (%) on the validation split selects, on the test set is reported
 (:mod:`evidence.images`). Run sizes are in ``Workload.sizes`` (results.json "sizes").
 
-Sizes: widths 8/16/32 (19,810 parameters, 19 layers), 400 iterations of batch 64 (25,600
-images, about half an epoch of the 55,000 training images), validation (the last 5,000
-training images) and test (10,000) error at iterations 133, 267 and 400, factors at 50
-iterations. One single-threaded worker on a 2-core AMD EPYC VM trains it at 27 it/s (widths
-16/32/64: 13.5 it/s) and evaluates 10,000 images in 1.7 s, so a run takes about 25 s and the
-protocol's ~11 runs for each of 7 methods about 15 minutes with ``--workers 2``.
+Sizes: widths 8/16/32 (19,810 parameters, 19 layers), 300 iterations of batch 64 (19,200
+images, about 0.35 epoch of the 55,000 training images), validation (the last 5,000 training
+images) and test (10,000) error at iterations 150 and 300, factors at 50 iterations. On a
+2-core AMD EPYC VM one single-threaded worker trains it at 47 it/s when the VM is otherwise
+idle (widths 16/32/64 measured at half the speed of 8/16/32, 13.5 against 27 it/s) and
+evaluates 10,000 images in 0.93 s; two workers side by side, with other processes running,
+made 17 it/s each and 3-3.7 s per 10,000 images. A run then takes 8-28 s, and the
+protocol's ~11 runs for each of 7 methods 6-18 minutes with ``--workers 2``.
 
 Run: ``python -m evidence.resnet`` (outputs in results/evidence/resnet/).
 
@@ -55,7 +57,7 @@ from evidence import images, tuning
 from evidence.models import ResNet
 from examples.paper import cli, configs, methods
 
-ITERS = 400
+ITERS = 300
 WEIGHT_DECAY = 5e-4
 MOMENTUM = 0.9
 WARMUP = 0.05  # fraction of the iterations
@@ -86,7 +88,7 @@ def optimizer(method: str, lr: float, iters: int, params) -> images.Optimizer:
 
 def setup(widths: tuple[int, ...], batch: int) -> images.ImageSetup:
   return images.ImageSetup(model=ResNet(widths=widths), optimizer=optimizer, batch=batch,
-                           eval_points=3)
+                           eval_points=2)
 
 
 def workload(parser, args) -> tuning.Workload:
