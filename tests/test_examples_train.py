@@ -1,14 +1,17 @@
 """Training harness (examples/paper): Caffe update rules, smoke runs, resume, CLI, report."""
 
+import dataclasses
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import layerwise_optax as lo
 from examples import reproduce
-from examples.paper import configs, methods, train
+from examples.paper import configs, methods, models, train
 from tests.generated_data import learnable_dataset, write_idx_folder
 from tests.reference import layer_factor
 
@@ -96,6 +99,57 @@ def test_resume_is_bit_identical_and_deterministic(tiny, tmp_path):
       np.testing.assert_array_equal(a, b)
   other_seed = runner.run(4)
   assert not np.array_equal(other_seed["train_loss"], whole["train_loss"])
+
+
+def sgd_decay(setup):
+  """The MNIST sgd solver's weight decay (Caffe's decay_mult) for ``setup``'s model."""
+  _, decay_mult = models.param_mults(setup.model, models.abstract_params(setup.model))
+  return methods.decay_by_mult(configs.MNIST.solvers["sgd"].weight_decay, decay_mult)
+
+
+def first_step_records(setup, seed=0):
+  """One harness step of ``setup``: its recorded (norm, factor) and the decayed gradient."""
+  state = train.init_state(setup, seed, 1, 8, 1)
+  key = jax.random.wrap_key_data(state.key)
+  step_fn = train.make_train_step(setup.model, setup.tx, setup.record)
+  after = step_fn(0, state.seed, state.order, key, setup.train_x, setup.train_y)
+  x, y = setup.train_x[state.order[0]], setup.train_y[state.order[0]]
+  rngs = {"dropout": jax.random.fold_in(key, 0)}
+  grads = jax.grad(lambda p: train.cross_entropy(
+      setup.model.apply({"params": p}, x, train=True, rngs=rngs), y))(state.seed.params)
+  decayed, _ = sgd_decay(setup).update(grads, optax.EmptyState(), state.seed.params)
+  return after, decayed
+
+
+@pytest.mark.parametrize("keep_stats", [False, True])
+def test_recorded_factors_are_those_of_the_decayed_gradient(tiny, keep_stats):
+  """An sgd+layer step records layer_factors of the gradient after weight decay, whether the
+  recorder recomputes them or reads them from a state that keeps them."""
+  setup = train.build_setup(configs.MNIST, "sgd+layer", tiny)
+  if keep_stats:
+    setup = dataclasses.replace(setup, tx=optax.chain(
+        sgd_decay(setup), lo.scale_by_layerwise_lr(keep_stats=True), optax.sgd(0.01, 0.9)))
+  after, decayed = first_step_records(setup)
+  kept = optax.tree_utils.tree_get(after.opt_state, "layer_stats")
+  assert (kept is not None) == keep_stats
+  expect = lo.layer_factors(decayed)
+  assert tuple(expect) == setup.layer_names
+  np.testing.assert_allclose(after.norm[0], [v.norm for v in expect.values()], rtol=1e-6)
+  np.testing.assert_allclose(after.factor[0], [v.factor for v in expect.values()], rtol=1e-6)
+  assert np.all(np.asarray(after.factor[0]) > 1)
+
+
+def test_recorder_reads_kept_stats_in_layer_order(tiny):
+  """Stats in the state are read, not recomputed, and stacked in the layer names' order."""
+  setup = train.build_setup(configs.MNIST, "sgd+layer", tiny)
+  params = models.abstract_params(setup.model)
+  grads = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), params)
+  names = setup.layer_names
+  kept = {name: lo.LayerFactor(jnp.float32(i), jnp.float32(10 + i))
+          for i, name in reversed(list(enumerate(names)))}
+  norm, factor = setup.record(grads, grads, {"layer_stats": kept})
+  np.testing.assert_array_equal(norm, np.arange(len(names)))
+  np.testing.assert_array_equal(factor, 10 + np.arange(len(names)))
 
 
 def test_paired_seeds_share_init_and_batches(tiny):

@@ -94,7 +94,7 @@ class Setup:
 
   model: Any
   tx: optax.GradientTransformation
-  record: Any  # (grads, params) -> (norms, factors), each (layers,)
+  record: Any  # (grads, params, opt_state) -> (norms, factors), each (layers,)
   layer_names: tuple[str, ...]
   train_x: jax.Array
   train_y: jax.Array
@@ -129,14 +129,24 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def make_recorder(solver, decay_mult: Any, layers: Any):
-  """(grads, params) -> (norms, factors) of the gradient the factor sees (after decay)."""
+  """``(grads, params, opt_state=None) -> (norms, factors)``, each (layers,), of the
+  gradient the factor sees (after decay), in the order of the layer names.
+
+  An optimizer state that keeps its statistics (a "+layer" optimizer built with
+  ``keep_stats=True``: ``optax.tree_utils.tree_get(opt_state, "layer_stats")``) is read,
+  so the norms are not computed twice; otherwise (the base methods, which have no layer
+  factor, or no state given) they are computed from the decayed gradients.
+  """
   decay = methods_lib.decay_by_mult(solver.weight_decay, decay_mult)
 
-  def record(grads, params):
-    g, _ = decay.update(grads, optax.EmptyState(), params)
-    lf = lo.layer_factors(g, layers)
-    return (jnp.stack([v.norm for v in lf.values()]),
-            jnp.stack([v.factor for v in lf.values()]))
+  def record(grads, params, opt_state=None):
+    stats = None if opt_state is None else optax.tree_utils.tree_get(opt_state, "layer_stats")
+    if stats is None:
+      decayed, _ = decay.update(grads, optax.EmptyState(), params)
+      stats = lo.layer_factors(decayed, layers)
+    names = lo.make_plan(grads, layers).names  # a state's dict comes back in sorted order
+    return (jnp.stack([stats[name].norm for name in names]),
+            jnp.stack([stats[name].factor for name in names]))
   return record
 
 
@@ -157,7 +167,7 @@ def make_train_step(model, tx, record):
     loss, grads = jax.value_and_grad(loss_fn)(s.params)
     updates, opt_state = tx.update(grads, s.opt_state, s.params)
     params = optax.apply_updates(s.params, updates)
-    norm, factor = record(grads, s.params)
+    norm, factor = record(grads, s.params, opt_state)
     return s._replace(params=params, opt_state=opt_state, loss=s.loss.at[step].set(loss),
                       norm=s.norm.at[step].set(norm), factor=s.factor.at[step].set(factor))
   return step_fn
