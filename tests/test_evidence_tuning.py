@@ -1,0 +1,139 @@
+"""The tuning protocol (evidence/tuning.py) on a fake workload whose final validation metric
+is analytic: offset + (log10 lr - log10 best)^2 + seed noise, non-finite above a rate."""
+
+import dataclasses
+import functools
+import json
+import math
+
+import pytest
+
+from evidence import tuning
+from examples.paper import cli
+
+ITERS = 20
+EVAL_ITERS = [5, 10, 15, 20]
+# method -> (grid centre, best rate, offset, rates above which the loss is non-finite)
+SHAPES = {"mid": (0.01, 0.01, 0.2, 0.05), "low": (1.0, 1e-3, 0.3, 3.0),
+          "up": (1e-3, 0.1, 0.1, 0.2)}
+CALLS: list[tuning.RunTask] = []
+
+
+def fake_train(dataset, task, progress):
+  assert dataset == "data"
+  CALLS.append(task)
+  _, best, offset, limit = SHAPES[task.method]
+  final = offset + (math.log10(task.lr) - math.log10(best)) ** 2 + 0.01 * task.seed
+  progress(task.iters)
+  if task.lr > limit:
+    bad = math.inf if task.lr < 5 else math.nan
+    val, loss = [math.nan] * 3 + [bad], [1.0] + [math.nan] * 3
+  else:
+    val = [final + 0.2 * (1 - k / task.iters) for k in EVAL_ITERS]
+    loss = list(val)
+  return {"eval_iters": EVAL_ITERS, "val": val, "test": [v + 0.5 for v in val],
+          "train_loss": loss, "factor_iters": [1, ITERS],
+          "factors": {"conv": [1.5, 2.0 + task.seed], "dense": [1.1, 1.2]}, "wall_s": 0.25}
+
+
+def fake_workload(**changes) -> tuning.Workload:
+  workload = tuning.Workload(
+      name="fake", metric="loss", lower_is_better=True,
+      methods={m: shape[0] for m, shape in SHAPES.items()},
+      baseline={"mid": "mid", "low": "mid", "up": "mid"}, train=fake_train,
+      load_data=functools.partial(str, "data"), iters=ITERS, diverged_at=5.0,
+      sizes={"model": "analytic"}, seeds=2)
+  return dataclasses.replace(workload, **changes)
+
+
+def grid_rates(centre, ks):
+  return [repr(tuning.grid_lr(centre, 10 ** 0.5, k)) for k in ks]
+
+
+@pytest.fixture
+def results(tmp_path):
+  CALLS.clear()
+  return tuning.run(fake_workload(), tmp_path, workers=1, log=lambda line: None)
+
+
+def test_grid_extends_down_to_the_cap_up_to_divergence(results):
+  methods = results["methods"]
+  assert list(methods["mid"]["grid"]) == grid_rates(0.01, range(-2, 3))  # the initial grid
+  assert list(methods["low"]["grid"]) == grid_rates(1.0, range(-6, 3))  # 4 below, the cap
+  assert list(methods["up"]["grid"]) == grid_rates(1e-3, range(-2, 6))  # 3 above
+  assert methods["mid"]["selected_lr"] == pytest.approx(0.01)
+  assert methods["low"]["selected_lr"] == pytest.approx(1e-3)  # still on the lowest point
+  assert methods["up"]["selected_lr"] == pytest.approx(0.1)
+  # Diverged: a non-finite loss, or a final value at/beyond diverged_at = 5.
+  assert methods["up"]["diverged"] == grid_rates(1e-3, [-2, -1, 5])
+  assert methods["low"]["diverged"] == grid_rates(1.0, [-1, 0, 1, 2])
+  assert methods["mid"]["diverged"] == grid_rates(0.01, [2])
+  # Grid: 5 + 9 + 8 points at one seed; then seed 1 at each selected rate.
+  assert len(CALLS) == 5 + 9 + 8 + 3
+
+
+def test_selection_recomputed_from_results_json(results, tmp_path):
+  stored = json.loads((tmp_path / "results.json").read_text())
+  for method in stored["methods"].values():
+    assert tuning.select_lr(method["grid"], True) == method["selected_lr"]
+  high = stored["methods"]["low"]["grid"]
+  assert math.isinf(high[grid_rates(1.0, [1])[0]][0])  # inf and NaN kept, not dropped
+  assert math.isnan(high[grid_rates(1.0, [2])[0]][0])
+  assert stored["protocol"]["selection"] == tuning.SELECTION
+  assert stored["train_seconds"] == pytest.approx(0.25 * len(CALLS))
+
+
+def test_select_lr_ties_and_non_finite():
+  assert tuning.select_lr({"0.1": [1.0, 3.0], "0.01": [2.0, 2.0], "1.0": [0.5]}, True) == 1.0
+  assert tuning.select_lr({"0.1": [1.0, 3.0], "0.01": [2.0, 2.0]}, True) == 0.01
+  assert tuning.select_lr({0.1: [math.nan], 1.0: [math.inf], 0.01: [9.0]}, True) == 0.01
+  assert tuning.select_lr({0.1: [0.0, math.nan], 1.0: [-9.0]}, False) == 1.0
+  assert tuning.select_lr({0.1: [3.0], 1.0: [-math.inf]}, False) == 0.1
+
+
+def test_paired_differences_wins_and_iterations(results):
+  methods = results["methods"]
+  assert methods["up"]["test"] == pytest.approx([0.6, 0.61])
+  assert methods["up"]["paired_test_diff"] == pytest.approx([-0.1, -0.1])
+  assert methods["up"]["wins"] == 2
+  assert methods["low"]["paired_test_diff"] == pytest.approx([0.1, 0.1])
+  assert methods["low"]["wins"] == 0
+  assert methods["mid"]["paired_test_diff"] == [0.0, 0.0] and methods["mid"]["wins"] == 0
+  # The baseline's mean final validation value is 0.205.
+  assert methods["up"]["iters_to_baseline_val"] == [10.0, 15.0]
+  assert methods["mid"]["iters_to_baseline_val"] == [20.0, math.inf]
+  assert methods["low"]["iters_to_baseline_val"] == [math.inf, math.inf]
+
+
+def test_selected_rates_reuse_the_grid_seeds(tmp_path):
+  CALLS.clear()
+  tuning.run(fake_workload(grid_seeds=2, seeds=3), tmp_path, workers=1, log=lambda line: None)
+  assert len(CALLS) == 2 * (5 + 9 + 8) + 3
+  assert len(set(CALLS)) == len(CALLS)
+  assert {task.seed for task in CALLS[-3:]} == {2}
+
+
+def test_resume_trains_nothing_new(results, tmp_path):
+  before = len(CALLS)
+  again = tuning.run(fake_workload(), tmp_path, workers=1, log=lambda line: None)
+  assert len(CALLS) == before
+  assert json.dumps(again["methods"]) == json.dumps(results["methods"])
+
+
+def test_corrupt_record_is_one_line_naming_the_file(results, tmp_path):
+  path = tuning.record_path(tmp_path, tuning.RunTask("up", results["methods"]["up"]
+                                                     ["selected_lr"], 1, ITERS))
+  path.write_text('{"task": ')
+  with pytest.raises(cli.InputError, match="is not a run record") as error:
+    tuning.run(fake_workload(), tmp_path, workers=1, log=lambda line: None)
+  assert str(path) in str(error.value) and "\n" not in str(error.value)
+  other_length = tuning.RunTask("mid", 0.01, 0, ITERS + 1)  # its record is of ITERS
+  with pytest.raises(cli.InputError, match="pass another --out or delete it"):
+    tuning.read_record(tuning.record_path(tmp_path, other_length), other_length)
+
+
+def test_methods_subset_adds_baselines():
+  chosen = tuning.choose_methods(fake_workload(), "up", log=lambda line: None)
+  assert chosen.methods == {"up": 1e-3, "mid": 0.01}
+  with pytest.raises(cli.InputError, match="unknown method nope for fake"):
+    tuning.choose_methods(fake_workload(), "up,nope", log=lambda line: None)
