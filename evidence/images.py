@@ -46,7 +46,7 @@ import optax
 import layerwise_optax as lo
 from examples.paper import data as data_lib
 from examples.paper.cli import InputError, positive_int, positive_ints
-from examples.paper.train import cross_entropy, make_order
+from examples.paper.train import cross_entropy, jitted_init, make_order
 
 
 class ImageData(NamedTuple):
@@ -127,7 +127,7 @@ def factor_iters(iters: int, points: int) -> list[int]:
 def init_variables(model, seed: int, example: np.ndarray) -> dict:
   """The model's initial variables for ``seed`` (``params`` and, with batch normalisation,
   ``batch_stats``)."""
-  return dict(jax.jit(model.init)(jax.random.key(seed), jnp.asarray(example[:1])))
+  return dict(jitted_init(model)(jax.random.key(seed), jnp.asarray(example[:1])))
 
 
 def padded(images: np.ndarray, labels: np.ndarray, chunk: int) -> tuple[np.ndarray, ...]:
