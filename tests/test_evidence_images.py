@@ -157,3 +157,19 @@ def test_lenet_main_writes_results(data_dir, tmp_path):
   assert sgd["selected_lr"] == tuning.select_lr(
       {float(lr): v for lr, v in sgd["grid"].items()}, True)
   assert sgd["paired_test_diff"] == [0.0, 0.0]
+  assert (out / "table.md").exists()
+  assert len(list((out / "runs" / "sgd").glob("*.json"))) == len(sgd["grid"]) + 1
+
+
+@pytest.mark.parametrize("argv, status, message", [
+    (["--split-sizes", "48"], 2, "--split-sizes takes two numbers, TRAIN,TEST"),
+    (["--split-sizes", f"{N_TRAIN},{N_TEST}", "--val-size", str(N_TRAIN)], 1,
+     f"--val-size {N_TRAIN} leaves no training images of {N_TRAIN}"),
+    (["--split-sizes", "50,12"], 1, "wrong count 48, expected 50"),
+])
+def test_bad_input_is_one_line(data_dir, tmp_path, capsys, argv, status, message):
+  with pytest.raises(SystemExit) as exit_info:
+    resnet.main(["--data-dir", str(data_dir), "--out", str(tmp_path), "--workers", "1", *argv])
+  assert exit_info.value.code == status
+  err = capsys.readouterr().err
+  assert message in err and err.count("\n") == 1
