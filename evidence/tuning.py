@@ -83,18 +83,22 @@ class Workload:
   max_extensions: int = 4
 
 
-def write_json(path: Path, value: Any) -> None:
-  """Writes ``value`` as JSON (NaN and inf as JSON's NaN/Infinity) atomically."""
+def write_text(path: Path, text: str) -> None:
+  """Writes ``text`` to ``path`` atomically (a temporary file renamed into place)."""
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
     with os.fdopen(fd, "w") as file:
-      json.dump(plain(value), file, indent=1)
-      file.write("\n")
+      file.write(text)
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)
     raise
+
+
+def write_json(path: Path, value: Any) -> None:
+  """Writes ``value`` as JSON (NaN and inf as JSON's NaN/Infinity tokens) atomically."""
+  write_text(path, json.dumps(plain(value), indent=1) + "\n")
 
 
 def plain(value: Any) -> Any:

@@ -5,10 +5,11 @@ import dataclasses
 import functools
 import json
 import math
+import re
 
 import pytest
 
-from evidence import tuning
+from evidence import report, tuning
 from examples.paper import cli
 
 ITERS = 20
@@ -137,3 +138,26 @@ def test_methods_subset_adds_baselines():
   assert chosen.methods == {"up": 1e-3, "mid": 0.01}
   with pytest.raises(cli.InputError, match="unknown method nope for fake"):
     tuning.choose_methods(fake_workload(), "up,nope", log=lambda line: None)
+
+
+def test_main_writes_table_and_figures(tmp_path, capsys):
+  CALLS.clear()
+  args = tuning.parser("fake", "A fake workload.", iters=ITERS).parse_args(
+      ["--out", str(tmp_path), "--workers", "1", "--seeds", "4"])
+  tuning.main(fake_workload(), args)
+  stored = json.loads((tmp_path / "results.json").read_text())
+  table = (tmp_path / "table.md").read_text()
+  assert table in capsys.readouterr().out
+  assert all((tmp_path / name).stat().st_size > 10_000
+             for name in ("tuning.png", "test_curves.png", "factors.png"))
+  rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()
+          if line.startswith("| ") and not line.startswith("| method")}
+  up = stored["methods"]["up"]
+  assert up["test"] == pytest.approx([0.6, 0.61, 0.62, 0.63])
+  cells = [report.mean_pm_std(up[key]) for key in ("val", "test", "paired_test_diff")]
+  assert rows["up"] == f"| up | mid | 0.1 | 8 (3) | {' | '.join(cells)} | 4/4 | 12.5 (4/4) |"
+  assert report.mean_pm_std(up["test"]) == "0.615 ± 0.01291"
+  # The baseline's mean final validation value is 0.215: its seeds 0 and 1 reach it.
+  assert rows["mid"].endswith("| 0.715 ± 0.01291 | — | — | not reached (2/4) |")
+  assert re.search(r"\| 0\.1 ± [0-9.e-]+ \| 0/4 \| not reached \(0/4\) \|$", rows["low"])
+  assert "Sizes: model: analytic." in table
