@@ -85,6 +85,14 @@ def selected_records(out: Path, results: dict, method: str) -> list[dict]:
   return records
 
 
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  save_figure(fig, path)
+
+
 def plot_tuning(path: Path, results: dict) -> None:
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -105,11 +113,8 @@ def plot_tuning(path: Path, results: dict) -> None:
             color=line.get_color())
   ax.set_xscale("log")
   ax.set_ylim(bottom - 0.05 * (ceiling - bottom or 1.0), ceiling + 0.05 * (ceiling - bottom or 1.0))
-  ax.set_xlabel("learning rate")
-  ax.set_ylabel(f"final validation {results['metric']}")
-  ax.set_title(f"{results['workload']}: grids (x diverged, drawn at the top; ring selected)")
-  ax.legend(fontsize=8)
-  save_figure(fig, path)
+  _finish(fig, ax, path, "learning rate", f"final validation {results['metric']}",
+          f"{results['workload']}: grids (x diverged, drawn at the top; ring selected)")
 
 
 def plot_test_curves(path: Path, out: Path, results: dict) -> None:
@@ -121,11 +126,8 @@ def plot_test_curves(path: Path, out: Path, results: dict) -> None:
     mean, std = mean_std(np.array([r["test"] for r in records], np.float64))
     line, = ax.plot(iters, mean, label=method)
     ax.fill_between(iters, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-  ax.set_xlabel("iteration")
-  ax.set_ylabel(f"test {results['metric']}")
-  ax.set_title(f"{results['workload']}: at the selected learning rates, mean ± std over seeds")
-  ax.legend(fontsize=8)
-  save_figure(fig, path)
+  _finish(fig, ax, path, "iteration", f"test {results['metric']}",
+          f"{results['workload']}: at the selected learning rates, mean ± std over seeds")
 
 
 def plot_factors(path: Path, out: Path, results: dict) -> None:
