@@ -123,6 +123,8 @@ def verdict(all_results: list[dict]) -> str:
           "paired difference favours the method and it wins on at least 80% of the seeds "
           "(4 of 5), *worse* when the same holds for the base, *no difference* otherwise.", "",
           "Metrics: " + "; ".join(metrics) + ".", ""]
+  if not all_results:
+    return "\n".join(head[:-2] + [f"No workload has been run yet ({', '.join(missing)})."]) + "\n"
   tail = ["", *sentences]
   if missing:
     tail += ["", f"Not run yet: {', '.join(missing)}."]
@@ -158,10 +160,10 @@ def main(argv=None) -> str:
   parser.add_argument("--out", type=Path, default=None,
                       help="the verdict file (default RESULTS/verdict.md)")
   args = parser.parse_args(argv)
+  if not args.results.is_dir():
+    raise cli.InputError(f"no folder {args.results}; run python -m evidence.lenet (or "
+                         "resnet, charlm) first, or pass its --out as --results")
   all_results = load(args.results)
-  if not all_results:
-    raise cli.InputError(f"no {args.results}/<workload>/results.json; run python -m "
-                         "evidence.lenet (or resnet, charlm) first")
   text = verdict(all_results)
   tuning.write_text(args.out or args.results / "verdict.md", text)
   print(text)

@@ -62,10 +62,13 @@ def test_verdict_table_and_words(tmp_path):
 
 def test_errors_name_the_file(tmp_path, capsys):
   with pytest.raises(SystemExit) as exited:
-    verdict.main(["--results", str(tmp_path)])
+    verdict.main(["--results", str(tmp_path / "none")])
   assert exited.value.code == 1
-  assert capsys.readouterr().err == (f"error: no {tmp_path}/<workload>/results.json; run "
-                                     "python -m evidence.lenet (or resnet, charlm) first\n")
+  assert capsys.readouterr().err == (
+      f"error: no folder {tmp_path / 'none'}; run python -m evidence.lenet (or resnet, "
+      "charlm) first, or pass its --out as --results\n")
+  assert verdict.main(["--results", str(tmp_path)]).endswith(
+      "\n\nNo workload has been run yet (lenet, resnet, charlm).\n")
   write(tmp_path, "lenet", {"sgd": {"baseline": "sgd"}})
   with pytest.raises(cli.InputError, match=r"lenet/results.json is not .*'sgd lacks "
                                            r"paired_test_diff, selected_lr, test, wins'\)"):
