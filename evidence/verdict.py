@@ -116,8 +116,7 @@ def verdict(all_results: list[dict]) -> str:
                    f"{results['protocol']['seeds']} seeds, {results['iters']} iterations")
   present = {r["workload"] for r in all_results}
   missing = [w for w in WORKLOADS if w not in present]
-  head = ["# Verdict: the layer methods against tuned baselines", "",
-          "Each method's learning rate tuned on held-out validation data, then rerun on "
+  head = ["Each method's learning rate tuned on held-out validation data, then rerun on "
           "paired seeds; the test metric is the final one, mean ± std over seeds. Paired "
           "difference: method minus the tuned base, per seed. Verdict: *better* when the mean "
           "paired difference favours the method and it wins on at least 80% of the seeds "

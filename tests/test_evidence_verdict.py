@@ -1,6 +1,7 @@
 """evidence/verdict.py on synthetic results.json files: the rule and the summary in words."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,8 @@ def test_errors_name_the_file(tmp_path, capsys):
   with pytest.raises(cli.InputError, match=r"lenet/results.json is not .*'sgd lacks "
                                            r"paired_test_diff, selected_lr, test, wins'\)"):
     verdict.load(tmp_path)
+
+
+def test_committed_verdict_is_that_of_the_committed_results():
+  folder = Path("results/evidence")
+  assert (folder / "verdict.md").read_text() == verdict.verdict(verdict.load(folder))
