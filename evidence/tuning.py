@@ -210,9 +210,10 @@ class _Runs:
         self.records[task] = record
     if not missing:
       return
-    self.log(f"{title}: {len(missing)} runs of {self.workload.iters} iterations")
-    if self.workers <= 1 and self.dataset is None:
-      self.dataset = self.workload.load_data()
+    self.log(f"{title}: {len(missing)} run{'s' * (len(missing) != 1)} of "
+             f"{self.workload.iters} iterations")
+    if (self.workers <= 1 or len(missing) == 1) and self.dataset is None:
+      self.dataset = self.workload.load_data()  # run_tasks trains here; load it once
     from tqdm import tqdm
 
     with tqdm(total=len(missing) * self.workload.iters, unit="it", desc=title,
@@ -291,9 +292,11 @@ def run(workload: Workload, out: Path, workers: int = 2, log: Callable[[str], No
   run records under ``out/runs``; returns the results, also written to ``out/results.json``."""
   start = time.perf_counter()
   out = Path(out)
-  for method, baseline in workload.baseline.items():
-    if baseline not in workload.methods or method not in workload.methods:
-      raise cli.InputError(f"method {method!r} is compared to {baseline!r}; run both")
+  for method in workload.methods:
+    baseline = workload.baseline.get(method)
+    if baseline not in workload.methods:
+      raise cli.InputError(f"method {method!r} is compared to {baseline!r}, which is not run; "
+                           "give every method a baseline among the methods")
   runs = _Runs(workload, out, workers, log)
   half = workload.grid_points // 2
   spans = {m: [-half, workload.grid_points - 1 - half, 0, 0] for m in workload.methods}
@@ -323,6 +326,16 @@ def run(workload: Workload, out: Path, workers: int = 2, log: Callable[[str], No
   return results
 
 
+class _Parser(cli.Parser):
+  """Records the command line it parsed as ``args.command`` (for results.json)."""
+
+  def parse_known_args(self, args=None, namespace=None):
+    argv = sys.argv[1:] if args is None else list(args)
+    parsed, rest = super().parse_known_args(argv, namespace)
+    parsed.command = " ".join([self.prog, *argv])
+    return parsed, rest
+
+
 def parser(name: str, doc: str, iters: int, seeds: int | None = None,
            grid_seeds: int | None = None, workers: int = 2) -> cli.Parser:
   """The options every workload has; ``None`` defaults mean the :class:`Workload`'s own.
@@ -331,8 +344,8 @@ def parser(name: str, doc: str, iters: int, seeds: int | None = None,
   ``--grid-seeds``, ``--methods`` (a comma-separated subset; the baselines they need are
   added), ``--no-plots``. A workload adds its own options to the returned parser.
   """
-  result = cli.Parser(prog=f"python -m evidence.{name}", description=doc,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
+  result = _Parser(prog=f"python -m evidence.{name}", description=doc,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
   result.add_argument("--out", type=Path, default=Path("results/evidence") / name,
                       help="output folder; its runs/ records make a rerun resume "
                            "(default %(default)s)")
@@ -379,8 +392,5 @@ def main(workload: Workload, args: argparse.Namespace) -> None:
       workload, iters=args.iters, seeds=args.seeds or workload.seeds,
       grid_seeds=args.grid_seeds or workload.grid_seeds)
   out = cli.writable_folder(args.out)
-  main_module = getattr(sys.modules["__main__"], "__spec__", None)
-  module = main_module.name if main_module else f"evidence.{workload.name}"
-  results = run(workload, out, args.workers,
-                command=" ".join([f"python -m {module}", *sys.argv[1:]]))
+  results = run(workload, out, args.workers, command=getattr(args, "command", None))
   print(report.write(out, results, plots=not args.no_plots))

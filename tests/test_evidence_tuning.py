@@ -161,3 +161,4 @@ def test_main_writes_table_and_figures(tmp_path, capsys):
   assert rows["mid"].endswith("| 0.715 ± 0.01291 | — | — | not reached (2/4) |")
   assert re.search(r"\| 0\.1 ± [0-9.e-]+ \| 0/4 \| not reached \(0/4\) \|$", rows["low"])
   assert "Sizes: model: analytic." in table
+  assert stored["command"] == f"python -m evidence.fake --out {tmp_path} --workers 1 --seeds 4"
