@@ -4,14 +4,12 @@
 # A fresh virtual environment gets the runtime requirements at their floors
 # (`uv pip install --resolution lowest-direct`), checked against the declared floors, then the
 # newest pytest, pytest-xdist and hypothesis that fit; tests that need Flax or equinox skip
-# there. Python: python3.10 (the declared floor) when there is one, else the venv's.
+# there. Python: the venv's (3.11, the declared floor), or LOWEST_PYTHON.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 uv=${UV:-$(command -v "$repo/.venv/bin/uv" || command -v uv || echo uv)}
 python=${LOWEST_PYTHON:-}
-if [ -z "$python" ]; then
-  python=$(python3.10 -c 'import sys; print(sys.executable)' 2>/dev/null || echo "$repo/.venv/bin/python")
-fi
+python=${python:-$repo/.venv/bin/python}
 command -v "$uv" >/dev/null || { echo "test_lowest: needs uv; make test installs it in .venv" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -26,10 +24,7 @@ py=$work/venv/bin/python
 import importlib.metadata as md, sys
 from packaging.requirements import Requirement
 from packaging.version import Version
-try:
-  import tomllib
-except ModuleNotFoundError:  # Python 3.10: pytest's own TOML reader
-  import tomli as tomllib
+import tomllib
 rows = []
 for dep in tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]:
   req = Requirement(dep)

@@ -67,7 +67,7 @@ PROTOCOL = configs.MNIST
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = cli.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+  p = cli.Parser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
   p.add_argument("--devices", type=cli.positive_int, default=8,
                  help="mesh size N, over all processes (simulated CPU devices if there are "
                       "fewer accelerators)")

@@ -304,15 +304,15 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
     >>> tx = optax.chain(layerwise_optax.scale_by_layerwise_lr(keep_stats=True),
     ...                  optax.sgd(learning_rate=0.01))
     >>> state = tx.init(params)
-    >>> for _ in range(3):
+    >>> for _ in range(3):  # prints f, then the factors of layers a and b
     ...   grads = jax.grad(f)(params)
     ...   updates, state = tx.update(grads, state, params)
     ...   params = optax.apply_updates(params, updates)
     ...   stats = optax.tree_utils.tree_get(state, "layer_stats")
-    ...   print(f"f {f(params):.4f}, factors a {stats['a'].factor:.4f} b {stats['b'].factor:.4f}")
-    f 4.8142, factors a 1.2018 b 1.4055
-    f 4.5604, factors a 1.2063 b 1.5280
-    f 4.3294, factors a 1.2109 b 1.6939
+    ...   print(f"{f(params):.4f}", f"{stats['a'].factor:.4f}", f"{stats['b'].factor:.4f}")
+    4.8142 1.2018 1.4055
+    4.5604 1.2063 1.5280
+    4.3294 1.2109 1.6939
 
   References:
     Singh et al., "Layer-Specific Adaptive Learning Rates for Deep Networks", ICMLA 2015,
