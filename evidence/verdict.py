@@ -71,14 +71,14 @@ def summary(results: dict, base: str) -> str:
              "redistribution across layers carries the gain")
   elif layer == "better":
     words = (f"{base}+layer better than tuned {base}, but {base}+relative is "
-             f"{RELATION.get(relative, 'not run against')} it: the gain came with the "
+             f"{RELATION.get(relative, 'not run against')} tuned {base}: the gain came with the "
              "factor's global boost of the step, not the redistribution across layers")
   elif relative == "better":
     words = (f"{base}+layer {RELATION[layer]} tuned {base} while {base}+relative is better: "
              "the redistribution helps only without the boost")
   else:
     words = (f"{base}+layer {RELATION[layer]} tuned {base}; {base}+relative "
-             f"{RELATION.get(relative, 'not run against')} it")
+             f"{RELATION.get(relative, 'not run against')} tuned {base}")
   peers = [f"{m} {v}" for m, v in verdicts.items()
            if m not in (f"{base}+layer", f"{base}+relative")]
   return words + (f"; peers: {', '.join(peers)}" if peers else "") + "."

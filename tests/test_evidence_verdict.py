@@ -53,7 +53,7 @@ def test_verdict_table_and_words(tmp_path):
   assert table[2].endswith("| 3/5 | no difference |")  # wins 3 of 5
   assert table[4].endswith("| 0/5 | worse |") and table[6].endswith("| 0/5 | worse |")
   assert ("- **lenet, sgd**: sgd+layer better than tuned sgd, but sgd+relative is no different "
-          "from it: the gain came with the factor's global boost of the step, not the "
+          "from tuned sgd: the gain came with the factor's global boost of the step, not the "
           "redistribution across layers.") in lines
   assert ("- **charlm, adamw**: adamw+layer worse than tuned adamw while adamw+relative is "
           "better: the redistribution helps only without the boost; peers: optax.lamb "
