@@ -26,6 +26,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import time
@@ -142,8 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   out = cli.writable_folder(Path(args.out))
-  command = "python -m benchmarks.bench_stats " + " ".join(
-      sys.argv[1:] if argv is None else argv)
+  command = shlex.join(["python", "-m", "benchmarks.bench_stats",
+                        *(sys.argv[1:] if argv is None else argv)])
   print(f"# bench_stats: {machine()}", flush=True)
   rows: list[dict] = []
   known = trees_lib.trees(args.quick)
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
   missed = [f"{r['tree']}/{r['family']}" for r in rows
             if r["target"] and r["ratio"] > r["target"]]
   lines = ["# Cost of keeping the per-layer statistics", "",
-           f"Command: `{command.strip()}`; {machine()}; wall time "
+           f"Command: `{command}`; {machine()}; wall time "
            f"{time.perf_counter() - t0:.0f} s. Ratios: median over repetitions of the paired "
            "ratio to the plain step (keep_stats=False) of the same optimizer in the same run.",
            "", *table(rows), "",
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
            f"targets missed: {len(missed)}" + (f" ({', '.join(missed)})" if missed else "")]
   print("\n".join(lines))
   files.write_text(out / "stats.md", "\n".join(lines) + "\n")
-  files.write_json(out / "stats.json", {"command": command.strip(), "machine": machine(),
+  files.write_json(out / "stats.json", {"command": command, "machine": machine(),
                                         "rows": rows})
   return 0
 

@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -333,17 +334,17 @@ def main(argv: list[str] | None = None) -> int:
   t0 = time.perf_counter()
   rows = [row for n in args.devices for row in run_device_count(n, args)]
   wall = time.perf_counter() - t0
-  command = "python -m benchmarks.scale_aot " + " ".join(argv if argv is not None
-                                                          else sys.argv[1:])
+  command = shlex.join(["python", "-m", "benchmarks.scale_aot",
+                        *(sys.argv[1:] if argv is None else argv)])
   missed = {key: sum(not r[key] for r in rows if r["baseline"] != r["method"])
             for key in TARGETS}
   lines = ["# Optimizer steps compiled ahead of time on simulated CPU meshes",
-           "", f"Command: `{command.strip()}`; jax {jax.__version__}, optax "
-           f"{optax.__version__}; wall time {wall:.0f} s (all compiles, one subprocess per "
-           "device count).", "", *table(rows), "",
+           "", f"Command: `{command}`; jax {jax.__version__}, optax "
+           f"{optax.__version__}; 2-core AMD EPYC VM, shared; wall time {wall:.0f} s (all "
+           "compiles, one subprocess per device count).", "", *table(rows), "",
            "Steps that miss a target: " + ", ".join(f"{k} {v}" for k, v in missed.items())]
   files.write_text(out / "scale_aot.md", "\n".join(lines) + "\n")
-  files.write_json(out / "scale_aot.json", {"command": command.strip(), "wall_s": wall,
+  files.write_json(out / "scale_aot.json", {"command": command, "wall_s": wall,
                                             "jax": jax.__version__, "rows": rows})
   print("\n".join(lines))
   return 0
