@@ -46,6 +46,7 @@ from examples.paper import cli, files
 
 TARGET = 1.02  # keep_stats / plain
 LARGE_TREES = ("4x4096^2 f32", "ResNet-50", "transformer x24")
+DEFAULTS = {False: {"reps": 41, "budget": 20.0}, True: {"reps": 5, "budget": 1.0}}  # by --quick
 
 
 def optimizers(keep_stats: bool) -> dict[str, optax.GradientTransformation]:
@@ -95,6 +96,34 @@ def bench_tree(tree_name: str, shapes: Any, reps: int, budget_s: float) -> list[
   return rows
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  parser = cli.Parser(prog="python -m benchmarks.bench_stats",
+                      description=__doc__.split("\n")[0])
+  parser.add_argument("--trees", default=None,
+                      help=f"comma-separated tree names (default {','.join(LARGE_TREES)}; "
+                           "quick: the tiny trees)")
+  parser.add_argument("--out", default="results/bench",
+                      help="folder for stats.md and stats.json (default results/bench)")
+  parser.add_argument("--quick", action="store_true", help="tiny trees, few repetitions")
+  parser.add_argument("--reps", type=cli.positive_int, default=None,
+                      help="most repetitions per tree (default 41; quick 5)")
+  parser.add_argument("--budget", type=float, default=None,
+                      help="seconds of timing per tree (default 20; quick 1)")
+  args = parser.parse_args(argv)
+  for name, value in DEFAULTS[args.quick].items():
+    if getattr(args, name) is None:
+      setattr(args, name, value)
+  if args.budget < 0:
+    parser.error(f"--budget {args.budget} must be at least 0")
+  known = trees_lib.trees(args.quick)
+  default = list(known) if args.quick else list(LARGE_TREES)
+  args.trees = default if args.trees is None else [t for t in args.trees.split(",") if t]
+  unknown = [t for t in args.trees if t not in known]
+  if unknown:
+    parser.error(f"unknown tree {', '.join(map(repr, unknown))}; trees: {', '.join(known)}")
+  return args
+
+
 def table(rows: list[dict]) -> list[str]:
   out = ["| tree | optimizer | plain ms | keep_stats / plain | beside / plain | "
          "target | met |", "|---" * 7 + "|"]
@@ -110,33 +139,6 @@ def table(rows: list[dict]) -> list[str]:
                f"{kept['ratio']:.3f} | {beside['ratio']:.3f} | "
                f"{'-' if target is None else f'{target:.2f}'} | {met} |")
   return out
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  parser = cli.Parser(prog="python -m benchmarks.bench_stats",
-                      description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny trees, few repetitions")
-  parser.add_argument("--reps", type=cli.positive_int, default=None,
-                      help="most repetitions per tree (default 41; quick 5)")
-  parser.add_argument("--budget", type=float, default=None,
-                      help="seconds of timing per tree (default 20; quick 1)")
-  parser.add_argument("--trees", default=None,
-                      help=f"comma-separated tree names (default {','.join(LARGE_TREES)}; "
-                           "quick: the tiny trees)")
-  parser.add_argument("--out", default="results/bench",
-                      help="folder for stats.md and stats.json (default results/bench)")
-  args = parser.parse_args(argv)
-  args.reps = args.reps or (5 if args.quick else 41)
-  args.budget = args.budget if args.budget is not None else (1.0 if args.quick else 20.0)
-  if args.budget < 0:
-    parser.error(f"--budget {args.budget} must be at least 0")
-  known = trees_lib.trees(args.quick)
-  default = list(known) if args.quick else list(LARGE_TREES)
-  args.trees = default if args.trees is None else [t for t in args.trees.split(",") if t]
-  unknown = [t for t in args.trees if t not in known]
-  if unknown:
-    parser.error(f"unknown tree {', '.join(map(repr, unknown))}; trees: {', '.join(known)}")
-  return args
 
 
 @cli.reports_errors
