@@ -162,8 +162,17 @@ def _stats(plan: LayerPlan, sums: Sequence[jax.Array],
   return {name: LayerFactor(n, f) for name, n, f in zip(plan.names, norms, factors)}
 
 
+# optax.tree_utils.tree_map_params calls ``init`` with a stand-in for the parameters (a pytree
+# without leaves) to find where parameter-shaped values sit in the state. The layers are
+# unknown there, so the statistics become one opaque leaf: not parameter-shaped, which makes
+# tree_map_params leave the real statistics as they are.
+_STATS_OF_PARAMS_STAND_IN = object()
+
+
 def _initial_stats(params: optax.Params, layers: LayersSpec, stacked: StackedSpec) -> LayerStats:
   """Norms 0 and factors 1 of the shapes and dtypes a step gives; abstract params work."""
+  if type(params).__name__ == "_ParamsPlaceholder":  # optax's stand-in, see above
+    return cast(LayerStats, _STATS_OF_PARAMS_STAND_IN)
   plan = make_plan(params, layers, stacked)
   like = _factor.layer_sums_like(jax.tree.leaves(params), plan)
   return {name: LayerFactor(jnp.zeros(s.shape, s.dtype), jnp.ones(s.shape, s.dtype))

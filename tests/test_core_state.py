@@ -163,6 +163,28 @@ def test_keep_stats_init_from_abstract_params_gives_zeros_and_ones():
       assert (a.shape, a.dtype) == (b.shape, b.dtype)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: lo.sgd(0.1, momentum=0.9, keep_stats=True),
+    lambda: lo.adagrad(0.1, keep_stats=True),
+    lambda: lo.with_layerwise_lr(optax.adam(0.1), keep_stats=True),
+], ids=["sgd", "adagrad", "with_layerwise_lr(adam)"])
+def test_tree_map_params_maps_the_parameter_shaped_state_and_keeps_the_stats(make):
+  tx = make()
+  state = tx.init(PARAMS)
+  _, state = tx.update(_grads(PARAMS), state, PARAMS)
+  mapped = optax.tree_utils.tree_map_params(tx, lambda p: p + 100.0, state)
+  assert jax.tree.structure(mapped) == jax.tree.structure(state)
+  _assert_stats_equal(optax.tree_utils.tree_get(mapped, "layer_stats"),
+                      optax.tree_utils.tree_get(state, "layer_stats"))
+  moved = [bool(np.all(np.asarray(a) == np.asarray(b) + 100.0))
+           for a, b in zip(jax.tree.leaves(mapped), jax.tree.leaves(state))]
+  # The momentum/accumulator trees (one leaf per parameter) move, the statistics and counts
+  # do not.
+  n_stats = 2 * len(lo.layer_factors(PARAMS))
+  assert sum(moved) >= len(jax.tree.leaves(PARAMS))
+  assert len(moved) - sum(moved) >= n_stats
+
+
 @pytest.mark.parametrize("factory", [lo.sgd, lo.adagrad])
 def test_keep_stats_jits_once_and_works_under_inject_hyperparams(factory):
   tx = optax.inject_hyperparams(factory)(learning_rate=0.1, keep_stats=True)
