@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from tqdm import tqdm
 
 from examples.paper import cli, pool
 from studies import outputs
@@ -192,7 +193,6 @@ class _Runs:
     self.workload, self.out, self.workers, self.log = workload, out, workers, log
     self.records: dict[RunTask, dict] = {}
     self.dataset = None
-    self.trained = 0
 
   def task(self, method: str, lr: float, seed: int) -> RunTask:
     return RunTask(method, lr, seed, self.workload.iters)
@@ -214,8 +214,6 @@ class _Runs:
              f"{self.workload.iters} iterations")
     if (self.workers <= 1 or len(missing) == 1) and self.dataset is None:
       self.dataset = self.workload.load_data()  # run_tasks trains here; load it once
-    from tqdm import tqdm
-
     with tqdm(total=len(missing) * self.workload.iters, unit="it", desc=title,
               smoothing=0.05) as bar:
       pool.run_tasks(self.workload.train, missing, self.workers, self.workload.load_data,
@@ -225,7 +223,6 @@ class _Runs:
     record = plain(record)
     write_json(record_path(self.out, task), {"task": task._asdict(), "record": record})
     self.records[task] = record
-    self.trained += 1
 
 
 def _grid_round(runs: _Runs, spans: dict[str, list[int]]) -> dict[str, list[int]]:
