@@ -95,19 +95,19 @@ DECAYED = ("kernel", "embedding")
 class CharLMSetup:
   """Model, batch, schedule and measurement sizes of a run (hashable and picklable)."""
 
-  context: int = 64
-  width: int = 64
+  context: int = 64  # characters a window sees
+  width: int = 64  # the residual stream's width
   heads: int = 4
-  blocks: int = 4
-  batch: int = 16
-  eval_points: int = 5
-  eval_tokens: int = 65536
-  eval_chunk: int = 64
-  warmup_fraction: float = 0.1
-  final_fraction: float = 0.1
-  weight_decay: float = 0.1
+  blocks: int = 4  # transformer blocks, scanned
+  batch: int = 16  # training windows per step
+  eval_points: int = 5  # evaluations, evenly spaced, the last at the final iteration
+  eval_tokens: int = 65536  # positions scored per validation or test evaluation
+  eval_chunk: int = 64  # windows per forward pass while evaluating
+  warmup_fraction: float = 0.1  # of the iterations, linear warm-up to the peak rate
+  final_fraction: float = 0.1  # the cosine decay ends at this fraction of the peak
+  weight_decay: float = 0.1  # AdamW's (and LAMB's), on kernels and embeddings only
   b2: float = 0.95
-  check_every: int = 50
+  check_every: int = 50  # iterations between divergence checks
 
   def model(self, vocab: int) -> transformer.CharTransformer:
     return transformer.CharTransformer(vocab, self.context, self.width, self.heads,

@@ -56,12 +56,14 @@ THRESHOLDS = (0.5, 0.05)  # loss / L(0): escape, converged
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  depth: int = 6
-  width: int = 16
-  rank: int = 4
-  batch: int = 16
-  iters: int = 8000
-  record_every: int = 10
+  """Sizes of one saddle run."""
+
+  depth: int = 6  # D, the number of square layers
+  width: int = 16  # n, each layer is n x n
+  rank: int = 4  # r, the teacher's rank; L(0) = r / 2
+  batch: int = 16  # fresh Gaussian inputs per step
+  iters: int = 8000  # the cap on iterations
+  record_every: int = 10  # loss and factors are recorded every this many steps
 
 
 def init(task: Task, seed: int):

@@ -125,10 +125,10 @@ def first_step_records(setup, seed=0):
 def test_recorded_factors_are_those_of_the_decayed_gradient(tiny, keep_stats):
   """An sgd+layer step records layer_factors of the gradient after weight decay, whether the
   recorder recomputes them or reads them from a state that keeps them."""
-  setup = train.build_setup(configs.MNIST, "sgd+layer", tiny)
-  if keep_stats:
+  setup = train.build_setup(configs.MNIST, "sgd+layer", tiny)  # keeps the stats
+  if not keep_stats:
     setup = dataclasses.replace(setup, tx=optax.chain(
-        sgd_decay(setup), lo.scale_by_layerwise_lr(keep_stats=True), optax.sgd(0.01, 0.9)))
+        sgd_decay(setup), lo.scale_by_layerwise_lr(), optax.sgd(0.01, 0.9)))
   after, decayed = first_step_records(setup)
   kept = optax.tree_utils.tree_get(after.opt_state, "layer_stats")
   assert (kept is not None) == keep_stats

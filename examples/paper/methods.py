@@ -129,14 +129,19 @@ def method_names(bases: tuple[str, ...] = BASES):
 
 
 def make_optimizer(method: str, solver: Solver, lr_mult: Any, decay_mult: Any,
-                   layers: Any = "module") -> optax.GradientTransformation:
-  """The optax optimizer for ``method`` under ``solver`` (Caffe order, see module doc)."""
+                   layers: Any = "module",
+                   keep_stats: bool = False) -> optax.GradientTransformation:
+  """The optax optimizer for ``method`` under ``solver`` (Caffe order, see module doc).
+
+  ``keep_stats``: a "+layer" optimizer keeps each layer's last norm and factor in its state
+  (``optax.tree_utils.tree_get(state, "layer_stats")``); the others are unchanged.
+  """
   base, suffix = method_suffix(method)
   lr = schedule_fn(solver.base_lr, solver.schedule)
   decay = decay_by_mult(solver.weight_decay, decay_mult)
   mult = scale_by_mult(lr_mult)
   if base in ("sgd", "nag"):
-    chained = {"": [], "layer": [lo.scale_by_layerwise_lr(layers)],
+    chained = {"": [], "layer": [lo.scale_by_layerwise_lr(layers, keep_stats=keep_stats)],
                "relative": [relative.scale_by_relative_layerwise_lr(layers)]}[suffix]
     mu = solver.momentum or None
     return optax.chain(decay, *chained, mult, optax.sgd(lr, mu, nesterov=base == "nag"))
@@ -144,6 +149,8 @@ def make_optimizer(method: str, solver: Solver, lr_mult: Any, decay_mult: Any,
     inner = optax.chain(optax.adagrad(lr, initial_accumulator_value=0.0, eps=1e-16), mult)
   else:
     inner = optax.chain(optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8), mult)
-  wrap = {"": lambda tx, layers: tx, "layer": lo.with_layerwise_lr,
-          "relative": relative.with_relative_layerwise_lr}[suffix]
-  return optax.chain(decay, wrap(inner, layers))
+  if suffix == "layer":
+    return optax.chain(decay, lo.with_layerwise_lr(inner, layers, keep_stats=keep_stats))
+  if suffix == "relative":
+    return optax.chain(decay, relative.with_relative_layerwise_lr(inner, layers))
+  return optax.chain(decay, inner)

@@ -198,7 +198,7 @@ def build_setup(protocol: Protocol, method: str, dataset: data_lib.Dataset,
   solver = protocol.solvers[base]
   abstract = models_lib.abstract_params(model)
   lr_mult, decay_mult = models_lib.param_mults(model, abstract)
-  tx = methods_lib.make_optimizer(method, solver, lr_mult, decay_mult, layers)
+  tx = methods_lib.make_optimizer(method, solver, lr_mult, decay_mult, layers, keep_stats=True)
   names = lo.make_plan(abstract, layers).names
   mean = None if protocol.model == "lenet" else dataset.train_images.mean(0)
   return Setup(model, tx, make_recorder(solver, decay_mult, layers), names,
