@@ -30,8 +30,16 @@ def number(value: float) -> str:
 
 
 def mean_pm_std(values: list[float]) -> str:
-  mean, std = mean_std(np.asarray(values, np.float64))
-  return f"{number(float(mean))} ± {number(float(std))}"
+  """``mean ± std``: the std to 2 significant digits and the mean to the same decimal place
+  (``15.16 ± 1.275`` is written ``15.2 ± 1.3``); 4 significant digits each when the std is
+  0 or below 1e-4 of the mean (rounding noise)."""
+  mean, std = (float(v) for v in mean_std(np.asarray(values, np.float64)))
+  if not (math.isfinite(mean) and math.isfinite(std)) or std <= 1e-4 * abs(mean):
+    return f"{number(mean)} ± {number(std)}"
+  decimals = max(0, 1 - math.floor(math.log10(std)))
+  if round(std, decimals) >= 10 ** (2 - decimals):  # rounding carried a digit: 0.0996 -> 0.10
+    decimals = max(0, decimals - 1)
+  return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
 def reached(iters: list[float]) -> str:

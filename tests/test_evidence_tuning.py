@@ -156,9 +156,9 @@ def test_main_writes_table_and_figures(tmp_path, capsys):
   assert up["test"] == pytest.approx([0.6, 0.61, 0.62, 0.63])
   cells = [report.mean_pm_std(up[key]) for key in ("val", "test", "paired_test_diff")]
   assert rows["up"] == f"| up | mid | 0.1 | 8 (3) | {' | '.join(cells)} | 4/4 | 12.5 (4/4) |"
-  assert report.mean_pm_std(up["test"]) == "0.615 ± 0.01291"
+  assert report.mean_pm_std(up["test"]) == "0.615 ± 0.013"
   # The baseline's mean final validation value is 0.215: its seeds 0 and 1 reach it.
-  assert rows["mid"].endswith("| 0.715 ± 0.01291 | — | — | not reached (2/4) |")
+  assert rows["mid"].endswith("| 0.715 ± 0.013 | — | — | not reached (2/4) |")
   assert re.search(r"\| 0\.1 ± [0-9.e-]+ \| 0/4 \| not reached \(0/4\) \|$", rows["low"])
   assert "Sizes: model: analytic." in table
   assert stored["command"] == f"python -m evidence.fake --out {tmp_path} --workers 1 --seeds 4"
