@@ -129,3 +129,22 @@ def test_vanishing_tables_have_the_heading_the_study_writes(folder):
   lines = (study / "table.md").read_text().splitlines()
   assert lines[0] == caption and lines[2] == "| " + " | ".join(header) + " |"
   assert "‖g‖ layer 1" in header
+
+
+def test_performance_docs_stats_table_has_the_committed_ratios():
+  rows = json.loads((ROOT / "results" / "bench" / "stats.json").read_text())["rows"]
+  ratio = {(r["tree"], r["family"], r["variant"]): r["ratio"] for r in rows}
+  ms = {(r["tree"], r["family"]): r["median_ms"] for r in rows if r["variant"] == "plain"}
+  trees = {"4x4096² float32": "4x4096^2 f32", "ResNet-50": "ResNet-50",
+           "transformer x24": "transformer x24"}
+  families = {"`lo.sgd`": "sgd", "`lo.sgd` Nesterov": "nesterov", "`lo.adagrad`": "adagrad",
+              "`with_layerwise_lr(optax.adam)`": "adam"}
+  text = (ROOT / "docs" / "performance.md").read_text()
+  [table] = [t for t in tables(text) if t[0].startswith("| tree | optimizer | plain ms |")]
+  assert len(table) == 2 + len(ms)
+  for line in table[2:]:
+    tree, family, plain, kept, beside = (c.strip() for c in line.strip("|").split("|"))
+    key = (trees[tree], families[family])
+    assert plain == f"{ms[key]:.2f}"
+    assert kept == f"{ratio[(*key, 'keep_stats')]:.3f}"
+    assert beside == f"{ratio[(*key, 'beside')]:.3f}"
