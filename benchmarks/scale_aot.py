@@ -288,8 +288,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   args.dtypes = [d for d in args.dtypes.split(",") if d]
   args.shardings = [d for d in args.shardings.split(",") if d]
   known = {name: base for name, _, base in pairs()}
-  args.methods = list(known) if args.methods is None else [
-      m for m in args.methods.split(",") if m]
+  args.methods = list(known) if args.methods is None else split_names(args.methods)
   unknown = ([s for s in args.sizes if s not in SIZES]
              + [d for d in args.dtypes if d not in DTYPES]
              + [s for s in args.shardings if s not in SHARDINGS]
@@ -304,6 +303,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   if any(n % TP for n in args.devices):
     parser.error(f"--devices {args.devices}: give device counts that are multiples of {TP}")
   return args
+
+
+def split_names(text: str) -> list[str]:
+  """Comma-separated names; a comma inside parentheses belongs to the name, as in
+  ``chain(scale_by_layerwise_lr, optax.sgd)``."""
+  return [name.strip() for name in re.split(r",(?![^()]*\))", text) if name.strip()]
 
 
 def run_device_count(devices: int, args: argparse.Namespace) -> list[dict]:

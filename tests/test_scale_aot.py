@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import scale_aot
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,3 +36,12 @@ def test_sharded_step_adds_one_small_all_reduce_and_no_gather(tmp_path):
     assert ours["argument_bytes"] == theirs["argument_bytes"] > 0
     assert ours["output_bytes"] == theirs["output_bytes"]
     assert 0 < ours["extra_temp_bytes"] < ours["argument_bytes"] / 100 and ours["temp_ok"]
+
+
+def test_default_and_listed_methods_parse_with_commas_inside_names():
+  every = [name for name, _, _ in scale_aot.pairs()]
+  assert scale_aot.parse_args([]).methods == every  # the default run takes them all
+  listed = scale_aot.parse_args(["--methods", ",".join(every)]).methods  # as workers get it
+  assert listed == every
+  assert scale_aot.split_names("optax sgd, chain(scale_by_layerwise_lr, optax.sgd),") == [
+      "optax sgd", "chain(scale_by_layerwise_lr, optax.sgd)"]
