@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-import layerwise_optax
+import layerwise_optax as lo
 
 
 class MLP(nn.Module):
@@ -22,10 +22,10 @@ def main(steps: int = 100) -> float:
   model = MLP()
   tx = optax.chain(
       optax.add_decayed_weights(5e-4),             # Caffe's order: decay first,
-      layerwise_optax.scale_by_layerwise_lr(),     # then t_l = t * (1 + log(1 + 1/||g_l||)),
+      lo.scale_by_layerwise_lr(),                  # then t_l = t * (1 + log(1 + 1/||g_l||)),
       optax.sgd(0.01, momentum=0.9),               # then h = mu*h + t_l*g.
   )
-  # The same optimizer as one alias: layerwise_optax.sgd(0.01, momentum=0.9, weight_decay=5e-4)
+  # The same optimizer as one alias: lo.sgd(0.01, momentum=0.9, weight_decay=5e-4)
   state = train_state.TrainState.create(apply_fn=model.apply,
                                         params=model.init(jax.random.key(1), x), tx=tx)
 
@@ -35,7 +35,7 @@ def main(steps: int = 100) -> float:
       logits = state.apply_fn(params, x)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    factors = layerwise_optax.layer_factors(grads)  # {'params/Dense_0': (norm, factor), ...}
+    factors = lo.layer_factors(grads)  # {'params/Dense_0': (norm, factor), ...}
     return state.apply_gradients(grads=grads), loss, factors
 
   for step in range(steps):

@@ -86,9 +86,9 @@ def sgd(learning_rate: optax.ScalarOrSchedule, momentum: ArrayLike | None = None
     >>> import jax
     >>> import jax.numpy as jnp
     >>> import optax
-    >>> import layerwise_optax
+    >>> import layerwise_optax as lo
     >>> def f(x): return jnp.sum(x ** 2)
-    >>> solver = layerwise_optax.sgd(learning_rate=0.003, momentum=0.9)
+    >>> solver = lo.sgd(learning_rate=0.003, momentum=0.9)
     >>> params = jnp.array([1.0, 2.0, 3.0])
     >>> print(f"Objective function: {f(params):.2E}")
     Objective function: 1.40E+01
@@ -166,8 +166,8 @@ def adagrad(learning_rate: optax.ScalarOrSchedule, initial_accumulator_value: Ar
     >>> import jax
     >>> import jax.numpy as jnp
     >>> import optax
-    >>> import layerwise_optax
-    >>> solver = layerwise_optax.adagrad(learning_rate=0.1)
+    >>> import layerwise_optax as lo
+    >>> solver = lo.adagrad(learning_rate=0.1)
     >>> x, y = jnp.array([[1.0, 2.0], [3.0, 4.0]]), jnp.array([1.0, -1.0])
     >>> def loss(p): return jnp.mean((x @ p["w"] + p["b"] - y) ** 2)
     >>> params = {"w": jnp.zeros(2), "b": jnp.zeros(1)}

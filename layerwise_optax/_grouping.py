@@ -70,8 +70,8 @@ class LayerPlan(NamedTuple):
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> import layerwise_optax
-    >>> plan = layerwise_optax.make_plan({"enc": {"w": jnp.ones(2)}, "dec": {"w": jnp.ones(3)}})
+    >>> import layerwise_optax as lo
+    >>> plan = lo.make_plan({"enc": {"w": jnp.ones(2)}, "dec": {"w": jnp.ones(3)}})
     >>> plan.names, plan.leaf_layer, plan.stacked
     (('dec', 'enc'), (0, 1), (False, False))
 
@@ -182,14 +182,14 @@ def make_plan(tree: Any, layers: LayersSpec = "module", stacked: StackedSpec = N
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> import layerwise_optax
+    >>> import layerwise_optax as lo
     >>> params = {"blocks": {"kernel": jnp.ones((4, 3, 3)), "bias": jnp.zeros((4, 3))},
     ...           "head": {"kernel": jnp.ones((3, 1))}}
-    >>> layerwise_optax.make_plan(params, stacked="blocks")
+    >>> lo.make_plan(params, stacked="blocks")
     LayerPlan(leaf_layer=(0, 0, 1), names=('blocks', 'head'), stacked=(True, False))
-    >>> layerwise_optax.make_plan(params, layers="array").names
+    >>> lo.make_plan(params, layers="array").names
     ('blocks/bias', 'blocks/kernel', 'head/kernel')
-    >>> layerwise_optax.make_plan(params, stacked="block")
+    >>> lo.make_plan(params, stacked="block")
     Traceback (most recent call last):
     ...
     ValueError: stacked prefix 'block' matches no layer; the layers are 'blocks', 'head'.

@@ -63,8 +63,8 @@ class LayerFactor(NamedTuple):
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> import layerwise_optax
-    >>> stats = layerwise_optax.layer_factors({"w": jnp.array([3.0, 4.0])})["w"]
+    >>> import layerwise_optax as lo
+    >>> stats = lo.layer_factors({"w": jnp.array([3.0, 4.0])})["w"]
     >>> print(f"norm {stats.norm:.4f}, factor {stats.factor:.4f}")
     norm 5.0000, factor 1.1823
 
@@ -93,8 +93,8 @@ class LayerwiseLrState(NamedTuple):
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> import layerwise_optax
-    >>> tx = layerwise_optax.scale_by_layerwise_lr(keep_stats=True)
+    >>> import layerwise_optax as lo
+    >>> tx = lo.scale_by_layerwise_lr(keep_stats=True)
     >>> state = tx.init({"w": jnp.zeros(2)})
     >>> _, state = tx.update({"w": jnp.array([3.0, 4.0])}, state)
     >>> print(f"{state.layer_stats['w'].factor:.4f}")
@@ -123,8 +123,8 @@ class WithLayerwiseLrState(NamedTuple):
   Examples:
     >>> import jax.numpy as jnp
     >>> import optax
-    >>> import layerwise_optax
-    >>> tx = layerwise_optax.with_layerwise_lr(optax.adagrad(0.1), keep_stats=True)
+    >>> import layerwise_optax as lo
+    >>> tx = lo.with_layerwise_lr(optax.adagrad(0.1), keep_stats=True)
     >>> state = tx.init({"w": jnp.zeros(2)})
     >>> _, state = tx.update({"w": jnp.array([3.0, 4.0])}, state)
     >>> print(f"norm {state.layer_stats['w'].norm:.4f}")
@@ -215,10 +215,10 @@ def layer_factors(updates: optax.Updates, layers: LayersSpec = "module",
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> import layerwise_optax
+    >>> import layerwise_optax as lo
     >>> grads = {"Dense_0": {"kernel": jnp.array([[0.3], [0.4]]), "bias": jnp.zeros(1)},
     ...          "Dense_1": {"kernel": jnp.array([[3.0, 4.0]])}}
-    >>> for name, (norm, factor) in layerwise_optax.layer_factors(grads).items():
+    >>> for name, (norm, factor) in lo.layer_factors(grads).items():
     ...   print(f"{name}: norm {norm:.2f}, factor {factor:.4f}")
     Dense_0: norm 0.50, factor 2.0986
     Dense_1: norm 5.00, factor 1.1823
@@ -307,10 +307,10 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
     >>> import jax
     >>> import jax.numpy as jnp
     >>> import optax
-    >>> import layerwise_optax
+    >>> import layerwise_optax as lo
     >>> def f(p): return jnp.sum(p["a"] ** 2) + 10 * jnp.sum(p["b"] ** 2)
     >>> params = {"a": jnp.array([1.0, 2.0]), "b": jnp.array([0.1])}
-    >>> tx = optax.chain(layerwise_optax.scale_by_layerwise_lr(keep_stats=True),
+    >>> tx = optax.chain(lo.scale_by_layerwise_lr(keep_stats=True),
     ...                  optax.sgd(learning_rate=0.01))
     >>> state = tx.init(params)
     >>> for _ in range(3):  # prints f, then the factors of layers a and b
@@ -384,10 +384,10 @@ def with_layerwise_lr(inner: optax.GradientTransformation, layers: LayersSpec = 
     >>> import jax
     >>> import jax.numpy as jnp
     >>> import optax
-    >>> import layerwise_optax
+    >>> import layerwise_optax as lo
     >>> target = {"near": jnp.array([0.01, 0.02]), "far": jnp.array([3.0])}
     >>> def distance(p): return sum(jnp.sum((p[k] - target[k]) ** 2) for k in p)
-    >>> tx = layerwise_optax.with_layerwise_lr(optax.adam(learning_rate=0.001))
+    >>> tx = lo.with_layerwise_lr(optax.adam(learning_rate=0.001))
     >>> params = jax.tree.map(jnp.zeros_like, target)
     >>> state = tx.init(params)
     >>> for _ in range(3):
