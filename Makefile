@@ -22,7 +22,7 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pyright --pythonpath $(PY) layerwise_optax
 	PYTHONPATH=. $(PY) -m pyright --pythonpath $(PY) --verifytypes layerwise_optax --ignoreexternal
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist worksteal
 	.ci/test_lowest.sh
 	.ci/check_package.sh
 

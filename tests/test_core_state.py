@@ -163,11 +163,14 @@ def test_keep_stats_init_from_abstract_params_gives_zeros_and_ones():
       assert (a.shape, a.dtype) == (b.shape, b.dtype)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: lo.sgd(0.1, momentum=0.9, keep_stats=True),
-    lambda: lo.adagrad(0.1, keep_stats=True),
-    lambda: lo.with_layerwise_lr(optax.adam(0.1), keep_stats=True),
-], ids=["sgd", "adagrad", "with_layerwise_lr(adam)"])
+STATS_OPTIMIZERS = [
+    pytest.param(lambda: lo.sgd(0.1, momentum=0.9, keep_stats=True), id="sgd"),
+    pytest.param(lambda: lo.adagrad(0.1, keep_stats=True), id="adagrad"),
+    pytest.param(lambda: lo.with_layerwise_lr(optax.adam(0.1), keep_stats=True),
+                 id="with_layerwise_lr(adam)")]
+
+
+@pytest.mark.parametrize("make", STATS_OPTIMIZERS)
 def test_tree_map_params_maps_the_parameter_shaped_state_and_keeps_the_stats(make):
   tx = make()
   state = tx.init(PARAMS)
@@ -246,3 +249,18 @@ def test_injected_weight_decay_needs_params_in_update():
   plain, _ = lo.sgd(0.1).update(_grads(PARAMS), lo.sgd(0.1).init(PARAMS))
   for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(plain)):
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", STATS_OPTIMIZERS)
+def test_tree_map_params_with_transform_non_params_gives_one_value_for_the_stats(make):
+  # The statistics are one non-parameter subtree: a sharding tree built this way is a
+  # prefix of the state, which jax.device_put and jax.jit's out_shardings accept.
+  tx = make()
+  state = tx.init(PARAMS)
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shardings = optax.tree_utils.tree_map_params(tx, lambda _: sharding, state,
+                                               transform_non_params=lambda _: sharding)
+  assert optax.tree_utils.tree_get(shardings, "layer_stats") is sharding
+  placed = jax.device_put(state, shardings)
+  jitted = jax.jit(lambda s: s, out_shardings=shardings)(state)
+  assert jax.tree.structure(placed) == jax.tree.structure(jitted) == jax.tree.structure(state)
