@@ -154,11 +154,6 @@ def eval_windows(tokens: np.ndarray, context: int, count: int, chunk: int) -> np
   return windows.reshape(-1, chunk, context + 1)
 
 
-def eval_iters(iters: int, points: int) -> list[int]:
-  """``points`` evenly spaced iterations ending at ``iters`` (fewer for a short run)."""
-  return sorted({int(math.ceil(iters * p / points)) for p in range(1, points + 1)})
-
-
 def bits(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """Mean next-character cross-entropy in bits."""
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean() / math.log(2)
@@ -244,7 +239,7 @@ def train(dataset: shakespeare.CharData, task, progress: Callable[[int], None] =
   carry = Carry(params, run.opt.init(params), jnp.zeros(iters))
   starts = jnp.asarray(window_starts(task.seed, len(dataset.train), iters, setup))
   lr = jnp.float32(task.lr)
-  evals = eval_iters(iters, setup.eval_points)
+  evals = tuning.eval_iters(iters, setup.eval_points)
   recorded = sorted({0, *(e - 1 for e in evals)})
   factors, measured = [], []  # measured: (val, test, train bits/char) at each evaluation point
   done = previous = 0

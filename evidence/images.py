@@ -44,6 +44,7 @@ import numpy as np
 import optax
 
 import layerwise_optax as lo
+from evidence import tuning
 from examples.paper import data as data_lib
 from examples.paper.cli import InputError, positive_int, positive_ints
 from examples.paper.train import cross_entropy, jitted_init, make_order
@@ -111,11 +112,6 @@ class ImageSetup:
   layers: Any = "module"
   check_every: int = 50
   eval_chunk: int = 500
-
-
-def eval_iters(iters: int, points: int) -> list[int]:
-  """``points`` evenly spaced iterations in 1..iters, the last one ``iters``."""
-  return sorted({max(1, round(iters * (i + 1) / points)) for i in range(points)})
 
 
 def factor_iters(iters: int, points: int) -> list[int]:
@@ -243,7 +239,7 @@ def train(dataset: ImageData, task, progress: Callable[[int], None] = lambda n: 
   carry, order, slot = start(run, setup, dataset, task)
   recorded = factor_iters(iters, setup.factor_points)
   lr = jnp.float32(task.lr)
-  evals = eval_iters(iters, setup.eval_points)
+  evals = tuning.eval_iters(iters, setup.eval_points)
   val, test, train_loss = [], [], []
   checked = previous = 0
   for k in range(iters):
@@ -301,6 +297,6 @@ def sizes(setup: ImageSetup, args, **extra) -> dict:
   n_train, n_test = args.split_sizes or (60000, 10000)
   return {"model": type(setup.model).__name__, "train_images": n_train - args.val_size,
           "val_images": args.val_size, "test_images": n_test, "batch": setup.batch,
-          "eval_iters": eval_iters(args.iters, setup.eval_points),
+          "eval_iters": tuning.eval_iters(args.iters, setup.eval_points),
           "factor_points": setup.factor_points,
           "layers": setup.layers, **extra}

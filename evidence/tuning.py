@@ -177,6 +177,12 @@ def grid_lr(centre: float, ratio: float, k: int) -> float:
   return float(centre * ratio ** k)
 
 
+def eval_iters(iters: int, points: int) -> list[int]:
+  """A run's evaluation iterations (its RunRecord's ``eval_iters``): ``points`` evenly
+  spaced in 1..iters, the last one ``iters`` (fewer when ``iters < points``)."""
+  return sorted({max(1, round(iters * (i + 1) / points)) for i in range(points)})
+
+
 def iters_to_reach(record: dict, target: float, lower_is_better: bool) -> float:
   """The first evaluation iteration whose validation metric is at least as good as
   ``target``; inf if none is."""

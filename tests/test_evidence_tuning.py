@@ -6,11 +6,14 @@ import functools
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 
 from evidence import report, tuning
 from examples.paper import cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ITERS = 20
 EVAL_ITERS = [5, 10, 15, 20]
@@ -162,3 +165,12 @@ def test_main_writes_table_and_figures(tmp_path, capsys):
   assert re.search(r"\| 0\.1 ± [0-9.e-]+ \| 0/4 \| not reached \(0/4\) \|$", rows["low"])
   assert "Sizes: model: analytic." in table
   assert stored["command"] == f"python -m evidence.fake --out {tmp_path} --workers 1 --seeds 4"
+
+
+def test_eval_iters_are_those_of_the_committed_runs():
+  assert tuning.eval_iters(6, 2) == [3, 6]
+  assert tuning.eval_iters(2, 5) == [1, 2]  # fewer points than asked when iters < points
+  for workload, iters, points in (("lenet", 300, 3), ("charlm", 600, 5)):
+    record = json.loads(next((ROOT / "results" / "evidence" / workload / "runs").rglob(
+        "*.json")).read_text())
+    assert record["record"]["eval_iters"] == tuning.eval_iters(iters, points)
