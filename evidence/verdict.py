@@ -18,6 +18,9 @@ The summary per workload and base separates the two things the factor does: if `
 better and ``+relative`` (redistribution only, mean factor 1) is not, the gain came with the
 factor's global boost of the step; if ``+relative`` is better too, the redistribution across
 layers carries it.
+
+Last, a table of how far from uniform the factors were (:func:`factor_rows`), read from the
+base methods' run records at their selected rates.
 """
 
 from __future__ import annotations
@@ -102,8 +105,39 @@ def rows(results: dict) -> tuple[list[str], list[str]]:
   return lines, sentences
 
 
-def verdict(all_results: list[dict]) -> str:
-  """verdict.md's text for the workloads' results."""
+def factor_rows(folder: Path, all_results: list[dict]) -> list[str]:
+  """How far from uniform the factors are: per workload and base method, each layer's
+  factor ``f_l`` in the runs at the selected rate (all seeds), its range across layers at
+  the first and at the last recorded gradient, and max_l f_l / min_l f_l averaged over the
+  recorded gradients and seeds. Workloads whose run records are absent are left out."""
+  rows = []
+  for results in all_results:
+    for base in [m for m, r in results["methods"].items() if r["baseline"] == m]:
+      try:
+        records = report.selected_records(folder / results["workload"], results, base)
+      except FileNotFoundError:
+        continue
+      # (seeds, layers, points); a diverged run's NaN factors are left out of the ranges.
+      factors = np.array([[values for values in r["factors"].values()] for r in records],
+                         np.float64)
+      first, last = factors[:, :, 0], factors[:, :, -1]
+      spread = np.nanmean(factors.max(axis=1) / factors.min(axis=1))
+      rows.append(f"| {results['workload']} | {base} | {factors.shape[1]} | "
+                  f"{np.nanmin(first):.2f}-{np.nanmax(first):.2f} | "
+                  f"{np.nanmin(last):.2f}-{np.nanmax(last):.2f} | {spread:.2f} |")
+  if not rows:
+    return []
+  return ["", "Layer factors: each layer's f_l in the base method's runs at its selected "
+          "learning rate (all seeds); the range across layers at the first and the last "
+          "recorded gradient, and max/min across layers averaged over training. A ratio "
+          "near 1 means the factor acts as one global multiplier.", "",
+          "| workload | base | layers | f_l at the first gradient | at the last | "
+          "max/min across layers |", "|---|---|---|---|---|---|", *rows]
+
+
+def verdict(all_results: list[dict], folder: Path | None = None) -> str:
+  """verdict.md's text for the workloads' results (with the factor table when ``folder``
+  holds their run records)."""
   table = ["| workload | base | method | selected lr | test metric | paired diff vs base | "
            "wins | verdict |", "|---|---|---|---|---|---|---|---|"]
   sentences, metrics = [], []
@@ -124,7 +158,7 @@ def verdict(all_results: list[dict]) -> str:
           "Metrics: " + "; ".join(metrics) + ".", ""]
   if not all_results:
     return "\n".join(head[:-2] + [f"No workload has been run yet ({', '.join(missing)})."]) + "\n"
-  tail = ["", *sentences]
+  tail = ["", *sentences, *(factor_rows(folder, all_results) if folder else [])]
   if missing:
     tail += ["", f"Not run yet: {', '.join(missing)}."]
   return "\n".join(head + table + tail) + "\n"
@@ -163,7 +197,7 @@ def main(argv=None) -> str:
     raise cli.InputError(f"no folder {args.results}; run python -m evidence.lenet (or "
                          "resnet, charlm) first, or pass its --out as --results")
   all_results = load(args.results)
-  text = verdict(all_results)
+  text = verdict(all_results, args.results)
   tuning.write_text(args.out or args.results / "verdict.md", text)
   print(text)
   return text

@@ -78,7 +78,7 @@ def test_errors_name_the_file(tmp_path, capsys):
 
 def test_committed_verdict_is_that_of_the_committed_results():
   folder = Path("results/evidence")
-  assert (folder / "verdict.md").read_text() == verdict.verdict(verdict.load(folder))
+  assert (folder / "verdict.md").read_text() == verdict.verdict(verdict.load(folder), folder)
 
 
 COMMITTED = Path("results/evidence")
@@ -119,3 +119,22 @@ def test_mean_pm_std_rounds_to_the_std():
 def test_committed_table_is_rendered_from_the_committed_results(workload):
   results = json.loads((COMMITTED / workload / "results.json").read_text())
   assert (COMMITTED / workload / "table.md").read_text() == report.table(results)
+
+
+def test_factor_table_from_the_run_records(tmp_path):
+  methods = {"sgd": method("sgd", [0.0] * 2), "sgd+layer": method("sgd", [-0.1] * 2)}
+  results = {"workload": "lenet", "metric": "error (%)", "lower_is_better": True, "iters": 10,
+             "protocol": {"seeds": 2}, "methods": methods}
+  # Two layers, three recorded gradients; seed 1's last point is NaN (a diverged run).
+  factors = {0: {"a": [1.0, 2.0, 2.0], "b": [3.0, 2.0, 4.0]},
+             1: {"a": [1.5, 1.0, float("nan")], "b": [1.5, 3.0, float("nan")]}}
+  for seed, layers in factors.items():
+    task = tuning.RunTask("sgd", 0.01, seed, 10)
+    record = {key: [] for key in tuning.RECORD_KEYS} | {"factors": layers}
+    tuning.write_json(tuning.record_path(tmp_path / "lenet", task),
+                      {"task": task._asdict(), "record": record})
+  rows = verdict.factor_rows(tmp_path, [results])
+  # first: 1, 3, 1.5, 1.5; last: 2, 4; max/min: 3, 1, 2, 1, 3 (NaN column left out) -> 2.
+  assert rows[-1] == "| lenet | sgd | 2 | 1.00-3.00 | 2.00-4.00 | 2.00 |"
+  assert len([row for row in rows if row.startswith("| lenet")]) == 1  # sgd+layer: no base
+  assert verdict.factor_rows(tmp_path / "elsewhere", [results]) == []
