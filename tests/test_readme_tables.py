@@ -148,3 +148,28 @@ def test_performance_docs_stats_table_has_the_committed_ratios():
     assert plain == f"{ms[key]:.2f}"
     assert kept == f"{ratio[(*key, 'keep_stats')]:.3f}"
     assert beside == f"{ratio[(*key, 'beside')]:.3f}"
+
+
+def test_scale_out_docs_table_has_the_committed_figures():
+  rows = json.loads((ROOT / "results" / "scale" / "scale_aot.json").read_text())["rows"]
+  text = (ROOT / "docs" / "scale_out.md").read_text()
+  [table] = [t for t in tables(text) if t[0].startswith("| devices | size | sharding |")]
+  assert len(table) == 2 + 8
+  for line in table[2:]:
+    devices, size, sharding, _, buffers, temp, nesterov, reduce = (
+        c.strip() for c in line.strip("|").split("|"))
+    layout = [r for r in rows if (str(r["devices"]), r["size"]) == (devices, size)
+              and r["sharding"] == sharding.split()[0].lower()]
+    bf16 = [r for r in layout if r["dtype"] == "bfloat16"]
+    assert buffers == (f"{bf16[0]['argument_bytes'] / 2**30:.3f} / "
+                       f"{bf16[0]['output_bytes'] / 2**30:.3f}")
+    others = [r["extra_temp_bytes"] / 1024 for r in layout
+              if r["method"] != r["baseline"] and "nesterov" not in r["method"]]
+    assert temp == f"{min(others):.1f}-{max(others):.1f}"
+    [nesterov_bf16] = [r for r in bf16 if r["method"] == "lo.sgd nesterov"]
+    [nesterov_f32] = [r for r in layout if r["method"] == "lo.sgd nesterov"
+                      and r["dtype"] == "float32"]
+    assert nesterov == (f"{nesterov_bf16['extra_temp_bytes'] / 2**20:.1f} MiB / "
+                        f"{nesterov_f32['extra_temp_bytes'] / 1024:.1f} KiB")
+    assert {f"1 of {r['extra_all_reduce_elements']} floats" for r in layout
+            if r["method"] != r["baseline"]} == {reduce}
