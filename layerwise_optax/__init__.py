@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LayerFactor",
+    "LayerStats",
     "LayerPlan",
     "LayerwiseLrState",
     "WithLayerwiseLrState",
@@ -25,6 +26,7 @@ from layerwise_optax._alias import adagrad, sgd
 from layerwise_optax._grouping import LayerPlan, make_plan
 from layerwise_optax._transform import (
     LayerFactor,
+    LayerStats,
     LayerwiseLrState,
     WithLayerwiseLrState,
     layer_factors,

@@ -18,8 +18,9 @@ Put ``optax.add_decayed_weights`` (and any clipping) before either, as Caffe add
 decay to the gradient before the update rule.
 
 With ``keep_stats=True`` either keeps the last step's ``{layer name: LayerFactor(norm,
-factor)}`` in its state (a field ``layer_stats``), taken from the sums of squares the factor
-needs anyway, so logging them costs no second pass over the gradients.
+factor)}`` in its state (a field ``layer_stats``, a :class:`LayerStats` mapping stored as two
+vectors), taken from the sums of squares the factor needs anyway, so logging them costs no
+second pass over the gradients.
 
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep
@@ -28,8 +29,9 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
-from typing import NamedTuple, cast
+import math
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -77,7 +79,87 @@ class LayerFactor(NamedTuple):
   factor: jax.Array
 
 
-LayerStats = dict[str, LayerFactor]
+@jax.tree_util.register_pytree_with_keys_class
+class LayerStats(Mapping[str, LayerFactor]):
+  r"""The per-layer statistics a ``keep_stats=True`` state holds: a read-only mapping
+  ``{layer name: LayerFactor(norm, factor)}``, like the dict :func:`layer_factors` returns.
+
+  Stored packed: the norms of all layers in one vector and the factors in another (one
+  entry per layer, one per slice of a stacked layer), so a step writes two small arrays
+  instead of two per layer. ``stats[name]`` slices them back to the layer's shape and dtype;
+  ``dict(stats)`` gives the plain dict. As a pytree its leaves are the two vectors,
+  ``norms`` and ``factors``.
+
+  Attributes:
+    norms: :math:`\lVert g_l \rVert_2` of every layer, concatenated in layer order.
+    factors: :math:`f_l` of every layer, in the same order.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import layerwise_optax as lo
+    >>> tx = lo.scale_by_layerwise_lr(stacked="blocks", keep_stats=True)
+    >>> params = {"blocks": {"w": jnp.ones((2, 3))}, "head": {"w": jnp.ones(2)}}
+    >>> state = tx.init(params)
+    >>> grads = {"blocks": {"w": jnp.array([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]])},
+    ...          "head": {"w": jnp.array([0.6, 0.8])}}
+    >>> _, state = tx.update(grads, state)
+    >>> print(state.layer_stats.norms, list(state.layer_stats))
+    [5. 0. 1.] ['blocks', 'head']
+    >>> print(state.layer_stats["blocks"].factor)
+    [1.1823215 1.       ]
+
+  References:
+    Singh et al., "Layer-Specific Adaptive Learning Rates for Deep Networks", ICMLA 2015,
+    arXiv:1510.04609, eq. 9.
+  """
+
+  def __init__(self, norms: jax.Array, factors: jax.Array,
+               layout: tuple[tuple[str, tuple[int, ...], str], ...]):
+    self.norms = norms
+    self.factors = factors
+    self._layout = layout  # (name, shape, dtype name) per layer, in packing order
+    self._where: dict[str, tuple[int, tuple[int, ...], str]] = {}
+    start = 0
+    for name, shape, dtype in layout:
+      self._where[name] = (start, shape, dtype)
+      start += math.prod(shape)
+
+  def __getitem__(self, name: str) -> LayerFactor:
+    start, shape, dtype = self._where[name]
+    size = math.prod(shape)
+    return LayerFactor(*(v[start:start + size].reshape(shape).astype(dtype)
+                         for v in (self.norms, self.factors)))
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._where)
+
+  def __len__(self) -> int:
+    return len(self._layout)
+
+  def __repr__(self) -> str:
+    return f"LayerStats({dict(self.items())!r})"
+
+  def tree_flatten_with_keys(self) -> tuple[tuple[tuple[Any, jax.Array], ...], tuple]:
+    keys = (jax.tree_util.GetAttrKey("norms"), jax.tree_util.GetAttrKey("factors"))
+    return tuple(zip(keys, (self.norms, self.factors))), self._layout
+
+  @classmethod
+  def tree_unflatten(cls, layout: tuple, children: Sequence[jax.Array]) -> LayerStats:
+    norms, factors = children
+    return cls(norms, factors, layout)
+
+
+def _pack(norms: Sequence[jax.Array], factors: Sequence[jax.Array],
+          like: Sequence[jax.ShapeDtypeStruct | jax.Array], names: Sequence[str]) -> LayerStats:
+  """Per-layer norms and factors as one :class:`LayerStats` (the widest dtype packs all)."""
+  dtype = jnp.result_type(*[x.dtype for x in like]) if like else jnp.float32
+  layout = tuple((name, tuple(x.shape), jnp.dtype(x.dtype).name) for name, x in zip(names, like))
+
+  def flat(values):
+    if not values:
+      return jnp.zeros((0,), dtype)
+    return jnp.concatenate([jnp.ravel(jnp.asarray(v)).astype(dtype) for v in values])
+  return LayerStats(flat(norms), flat(factors), layout)
 
 
 class LayerwiseLrState(NamedTuple):
@@ -88,8 +170,9 @@ class LayerwiseLrState(NamedTuple):
   of squares the factor needed anyway: O(number of layers) floats.
 
   Attributes:
-    layer_stats: ``{layer name: LayerFactor(norm, factor)}`` of the last step, as
-      :func:`layer_factors` returns it (norms 0 and factors 1 before the first step).
+    layer_stats: the :class:`LayerStats` mapping ``{layer name: LayerFactor(norm,
+      factor)}`` of the last step, with the values :func:`layer_factors` returns (norms 0
+      and factors 1 before the first step).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -116,9 +199,9 @@ class WithLayerwiseLrState(NamedTuple):
 
   Attributes:
     inner_state: the wrapped optimizer's state, unchanged.
-    layer_stats: ``{layer name: LayerFactor(norm, factor)}`` of the last step's raw
-      gradients, as :func:`layer_factors` returns it (norms 0, factors 1 before the first
-      step).
+    layer_stats: the :class:`LayerStats` mapping ``{layer name: LayerFactor(norm,
+      factor)}`` of the last step's raw gradients, with the values :func:`layer_factors`
+      returns (norms 0, factors 1 before the first step).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -157,9 +240,14 @@ def _layer_factors_flat(leaves: Sequence[ArrayLike], plan: LayerPlan, norm_eps: 
 
 
 def _stats(plan: LayerPlan, sums: Sequence[jax.Array],
-           factors: Sequence[jax.Array]) -> LayerStats:
+           factors: Sequence[jax.Array]) -> dict[str, LayerFactor]:
   norms = _factor.norms_from_sums_of_squares(sums)
   return {name: LayerFactor(n, f) for name, n, f in zip(plan.names, norms, factors)}
+
+
+def _packed_stats(plan: LayerPlan, sums: Sequence[jax.Array],
+                  factors: Sequence[jax.Array]) -> LayerStats:
+  return _pack(_factor.norms_from_sums_of_squares(sums), factors, sums, plan.names)
 
 
 # optax.tree_utils.tree_map_params calls ``init`` with a stand-in for the parameters (a pytree
@@ -175,17 +263,19 @@ def _initial_stats(params: optax.Params, layers: LayersSpec, stacked: StackedSpe
     return cast(LayerStats, _STATS_OF_PARAMS_STAND_IN)
   plan = make_plan(params, layers, stacked)
   like = _factor.layer_sums_like(jax.tree.leaves(params), plan)
-  return {name: LayerFactor(jnp.zeros(s.shape, s.dtype), jnp.ones(s.shape, s.dtype))
-          for name, s in zip(plan.names, like)}
+  return _pack([jnp.zeros(s.shape, s.dtype) for s in like],
+               [jnp.ones(s.shape, s.dtype) for s in like], like, plan.names)
 
 
 def _like(stats: LayerStats, previous: LayerStats) -> LayerStats:
-  """``stats`` in ``previous``'s dtypes, so the state keeps its types from step to step."""
-  if set(stats) != set(previous):
+  """``stats`` in ``previous``'s layout and dtype, so the state keeps its types from step to
+  step."""
+  if list(stats) != list(previous):
     raise ValueError(f"the layers of the updates {sorted(stats)} differ from those of the "
                      f"parameters at init {sorted(previous)}.")
-  return {name: LayerFactor(*(x.astype(p.dtype) for x, p in zip(stats[name], previous[name])))
-          for name in stats}
+  dtype = previous.norms.dtype
+  return LayerStats(stats.norms.astype(dtype), stats.factors.astype(dtype),
+                    previous._layout)  # noqa: SLF001  (same module)
 
 
 def layer_factors(updates: optax.Updates, layers: LayersSpec = "module",
@@ -342,7 +432,7 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
     plan, sums, factors = _factors_of(updates, layers, stacked, norm_eps, axis_name)
     if keep_stats:
       previous = cast(LayerwiseLrState, state).layer_stats
-      state = LayerwiseLrState(_like(_stats(plan, sums, factors), previous))
+      state = LayerwiseLrState(_like(_packed_stats(plan, sums, factors), previous))
     return _scale_tree(updates, plan, factors), state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -422,7 +512,7 @@ def with_layerwise_lr(inner: optax.GradientTransformation, layers: LayersSpec = 
       return _scale_tree(inner_updates, plan, factors), state
     inner_state, previous = cast(WithLayerwiseLrState, state)
     inner_updates, inner_state = wrapped.update(updates, inner_state, params, **extra_args)
-    stats = _like(_stats(plan, sums, factors), previous)
+    stats = _like(_packed_stats(plan, sums, factors), previous)
     return _scale_tree(inner_updates, plan, factors), WithLayerwiseLrState(inner_state, stats)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -9,6 +9,11 @@ from jax.extend.core import Literal
 
 import layerwise_optax as lo
 
+try:  # jax >= 0.8; the floor (0.5.3) has it under jax.experimental
+  from jax import enable_x64
+except ImportError:
+  from jax.experimental import enable_x64
+
 PARAMS = {"Dense_0": {"kernel": jnp.array([[0.5, -1.0], [2.0, 0.1]]), "bias": jnp.zeros(2)},
           "Dense_1": {"kernel": jnp.array([1.0, -2.0])}}
 STACKED = {"blocks": {"w": jnp.arange(6.0).reshape(3, 2)}, "head": {"w": jnp.ones(2)}}
@@ -183,7 +188,8 @@ def test_tree_map_params_maps_the_parameter_shaped_state_and_keeps_the_stats(mak
            for a, b in zip(jax.tree.leaves(mapped), jax.tree.leaves(state))]
   # The momentum/accumulator trees (one leaf per parameter) move, the statistics and counts
   # do not.
-  n_stats = 2 * len(lo.layer_factors(PARAMS))
+  n_stats = len(jax.tree.leaves(optax.tree_utils.tree_get(state, "layer_stats")))
+  assert n_stats == 2  # packed: the norms and the factors, one vector each
   assert sum(moved) >= len(jax.tree.leaves(PARAMS))
   assert len(moved) - sum(moved) >= n_stats
 
@@ -264,3 +270,38 @@ def test_tree_map_params_with_transform_non_params_gives_one_value_for_the_stats
   placed = jax.device_put(state, shardings)
   jitted = jax.jit(lambda s: s, out_shardings=shardings)(state)
   assert jax.tree.structure(placed) == jax.tree.structure(jitted) == jax.tree.structure(state)
+
+
+def test_layer_stats_is_a_packed_mapping_equal_to_layer_factors():
+  params = {"blocks": {"w": jnp.ones((3, 2))}, "head": {"w": jnp.ones(4), "b": jnp.ones(1)}}
+  grads = jax.tree.map(lambda p: p * jnp.arange(1.0, p.size + 1).reshape(p.shape), params)
+  tx = lo.scale_by_layerwise_lr(stacked="blocks", keep_stats=True)
+  _, state = jax.jit(tx.update)(grads, tx.init(params))
+  stats = state.layer_stats
+  assert isinstance(stats, lo.LayerStats) and list(stats) == ["blocks", "head"]
+  assert stats.norms.shape == stats.factors.shape == (4,)  # 3 slices + 1 layer
+  expected = lo.layer_factors(grads, stacked="blocks")
+  _assert_stats_equal(dict(stats), expected)
+  assert stats["blocks"].norm.shape == (3,) and stats["head"].factor.shape == ()
+  assert len(jax.tree.leaves(state)) == 2
+  leaves, treedef = jax.tree.flatten(stats)
+  assert list(jax.tree.unflatten(treedef, leaves)) == ["blocks", "head"]
+  with pytest.raises(KeyError):
+    stats["Blocks"]
+
+
+def test_layer_stats_of_no_layers_is_empty():
+  tx = lo.scale_by_layerwise_lr(keep_stats=True)
+  _, state = tx.update({}, tx.init({}))
+  assert len(state.layer_stats) == 0 and state.layer_stats.norms.shape == (0,)
+
+
+def test_layer_stats_keep_each_layers_dtype_under_x64():
+  with enable_x64(True):
+    params = {"a": {"w": jnp.ones(2, jnp.float32)}, "b": {"w": jnp.ones(2, jnp.float64)}}
+    tx = lo.with_layerwise_lr(optax.sgd(0.1), keep_stats=True)
+    _, state = jax.jit(tx.update)(params, tx.init(params), params)
+    stats = state.layer_stats
+    assert stats.norms.dtype == jnp.float64
+    assert stats["a"].norm.dtype == jnp.float32 and stats["b"].factor.dtype == jnp.float64
+    np.testing.assert_allclose(stats["b"].norm, np.sqrt(2.0), rtol=1e-12)
