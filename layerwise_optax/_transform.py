@@ -149,17 +149,18 @@ class LayerStats(Mapping[str, LayerFactor]):
     return cls(norms, factors, layout)
 
 
-def _pack(norms: Sequence[jax.Array], factors: Sequence[jax.Array],
-          like: Sequence[jax.ShapeDtypeStruct | jax.Array], names: Sequence[str]) -> LayerStats:
-  """Per-layer norms and factors as one :class:`LayerStats` (the widest dtype packs all)."""
-  dtype = jnp.result_type(*[x.dtype for x in like]) if like else jnp.float32
-  layout = tuple((name, tuple(x.shape), jnp.dtype(x.dtype).name) for name, x in zip(names, like))
+def _layout(like: Sequence[jax.ShapeDtypeStruct | jax.Array],
+            names: Sequence[str]) -> tuple[jnp.dtype, tuple[tuple[str, tuple[int, ...], str], ...]]:
+  """The packing dtype (the widest of the layers') and each layer's name, shape and dtype."""
+  dtype = jnp.result_type(*[x.dtype for x in like]) if like else jnp.dtype(jnp.float32)
+  return dtype, tuple((n, tuple(x.shape), jnp.dtype(x.dtype).name) for n, x in zip(names, like))
 
-  def flat(values):
-    if not values:
-      return jnp.zeros((0,), dtype)
-    return jnp.concatenate([jnp.ravel(jnp.asarray(v)).astype(dtype) for v in values])
-  return LayerStats(flat(norms), flat(factors), layout)
+
+def _flat(values: Sequence[jax.Array], dtype: jnp.dtype) -> jax.Array:
+  """The layers' values as one vector, in layer order."""
+  if not values:
+    return jnp.zeros((0,), dtype)
+  return jnp.concatenate([jnp.ravel(v).astype(dtype) for v in values])
 
 
 class LayerwiseLrState(NamedTuple):
@@ -247,7 +248,9 @@ def _stats(plan: LayerPlan, sums: Sequence[jax.Array],
 
 def _packed_stats(plan: LayerPlan, sums: Sequence[jax.Array],
                   factors: Sequence[jax.Array]) -> LayerStats:
-  return _pack(_factor.norms_from_sums_of_squares(sums), factors, sums, plan.names)
+  dtype, layout = _layout(sums, plan.names)
+  norms = _factor.norm_from_sum_of_squares(_flat(sums, dtype))  # one vector operation
+  return LayerStats(norms, _flat(factors, dtype), layout)
 
 
 # optax.tree_utils.tree_map_params calls ``init`` with a stand-in for the parameters (a pytree
@@ -263,8 +266,9 @@ def _initial_stats(params: optax.Params, layers: LayersSpec, stacked: StackedSpe
     return cast(LayerStats, _STATS_OF_PARAMS_STAND_IN)
   plan = make_plan(params, layers, stacked)
   like = _factor.layer_sums_like(jax.tree.leaves(params), plan)
-  return _pack([jnp.zeros(s.shape, s.dtype) for s in like],
-               [jnp.ones(s.shape, s.dtype) for s in like], like, plan.names)
+  dtype, layout = _layout(like, plan.names)
+  size = sum(math.prod(s.shape) for s in like)
+  return LayerStats(jnp.zeros((size,), dtype), jnp.ones((size,), dtype), layout)
 
 
 def _like(stats: LayerStats, previous: LayerStats) -> LayerStats:
@@ -275,7 +279,7 @@ def _like(stats: LayerStats, previous: LayerStats) -> LayerStats:
                      f"parameters at init {sorted(previous)}.")
   dtype = previous.norms.dtype
   return LayerStats(stats.norms.astype(dtype), stats.factors.astype(dtype),
-                    previous._layout)  # noqa: SLF001  (same module)
+                    previous._layout)
 
 
 def layer_factors(updates: optax.Updates, layers: LayersSpec = "module",
