@@ -6,7 +6,7 @@ References:
 """
 
 # Module dunders before the imports (PEP 8).
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "LayerFactor",
