@@ -42,7 +42,7 @@ from benchmarks import trees as trees_lib
 from benchmarks.bench_step import machine
 from benchmarks.methods import LR, MOMENTUM, optimizer_step
 from benchmarks.timing import SharedBuffers, fit_reps, paired_ratio, time_interleaved
-from examples.paper import cli, files
+from experiments import cli, files
 
 TARGET = 1.02  # keep_stats / plain
 LARGE_TREES = ("4x4096^2 f32", "ResNet-50", "transformer x24")

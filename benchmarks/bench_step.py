@@ -39,7 +39,7 @@ from benchmarks.compiles import compile_log, n_compiles
 from benchmarks.hlo import hlo_summary
 from benchmarks.methods import methods, state_bytes, target
 from benchmarks.timing import SharedBuffers, fit_reps, paired_ratio, time_interleaved
-from examples.paper import cli, files
+from experiments import cli, files
 
 
 def bench_tree(tree_name: str, shapes: Any, reps: int, budget_s: float = 1e9) -> list[dict]:

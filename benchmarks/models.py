@@ -1,6 +1,6 @@
 """Networks for the full training-step overhead: the paper harness's LeNet and cifar10_full.
 
-The Flax definitions are ``examples/paper/models.py`` (Caffe's layer shapes, fillers, pooling
+The Flax definitions are ``experiments/models.py`` (Caffe's layer shapes, fillers, pooling
 and cifar10_full's local response normalisation): 431,080 and 89,578 parameters.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from examples.paper import models as paper_models
+from experiments import models as paper_models
 
 # Batch sizes of the paper's protocols (Caffe's lenet_solver and cifar10_full_solver).
 BATCH = {"lenet": 64, "cifar10_full": 100}

@@ -57,7 +57,7 @@ import optax
 import layerwise_optax as lo
 from benchmarks import trees as trees_lib
 from benchmarks.methods import LR, MOMENTUM, optimizer_step
-from examples.paper import cli, files
+from experiments import cli, files
 
 # name -> (blocks, model dimension, vocabulary) of transformer_tree.
 # Wide and shallow, so that the compile (whose time grows with the number of arrays) of the

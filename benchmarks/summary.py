@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from examples.paper import cli
+from experiments import cli
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "bench"
 # Column title -> the method row of bench_step that fills it.

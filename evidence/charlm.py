@@ -80,8 +80,8 @@ import numpy as np
 import optax
 
 import layerwise_optax as lo
-from evidence import shakespeare, transformer, tuning
-from examples.paper import cli, relative
+from evidence import tuning
+from experiments import cli, relative, shakespeare, transformer
 
 ITERS = 600
 STACKED = ("blocks",)

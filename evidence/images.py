@@ -45,9 +45,9 @@ import optax
 
 import layerwise_optax as lo
 from evidence import tuning
-from examples.paper import data as data_lib
-from examples.paper.cli import InputError, positive_int, positive_ints
-from examples.paper.train import cross_entropy, jitted_init, make_order
+from experiments import data as data_lib
+from experiments.cli import InputError, positive_int, positive_ints
+from experiments.train import cross_entropy, jitted_init, make_order
 
 
 class ImageData(NamedTuple):

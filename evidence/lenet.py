@@ -35,8 +35,8 @@ from __future__ import annotations
 import dataclasses
 
 from evidence import images, tuning
-from examples.paper import cli, configs, methods
-from examples.paper import models as harness_models
+from experiments import cli, configs, methods
+from experiments import models as harness_models
 
 PROTOCOL = configs.MNIST
 ITERS = 300

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from evidence import tuning
-from examples.paper.report import mean_std, pyplot, save_figure
+from experiments.report import mean_std, pyplot, save_figure
 
 
 def number(value: float) -> str:

@@ -54,8 +54,8 @@ import jax
 import optax
 
 from evidence import images, tuning
-from evidence.models import ResNet
-from examples.paper import cli, configs, methods
+from experiments import cli, configs, methods
+from experiments.resnet import ResNet
 
 ITERS = 300
 WEIGHT_DECAY = 5e-4

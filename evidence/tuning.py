@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from examples.paper import cli, pool
+from experiments import cli, pool
 from studies import outputs
 
 RECORD_KEYS = ("eval_iters", "val", "test", "train_loss", "factor_iters", "factors", "wall_s")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from evidence import report, tuning
-from examples.paper import cli
+from experiments import cli
 
 WORKLOADS = ("lenet", "resnet", "charlm")
 SHARE_TO_WIN = 0.8

@@ -37,7 +37,7 @@ import time
 
 import jax
 
-from examples.paper import cli
+from experiments import cli
 
 LOCALHOST = "127.0.0.1"
 

@@ -10,7 +10,7 @@ are kept in ``--out/runs`` and an interrupted run resumes from ``--out/ckpt``: r
 same command continues where it stopped, to the same result.
 
 ``--workers N`` trains the runs in N single-threaded worker processes
-(:mod:`examples.paper.pool`) and reports as seeds complete.
+(:mod:`experiments.pool`) and reports as seeds complete.
 
 References:
   Singh et al., "Layer-Specific Adaptive Learning Rates for Deep Networks", ICMLA 2015,
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from examples.paper import cli, configs, data, files, methods, pool, report, train
+from experiments import cli, configs, data, files, methods, pool, report, train
 
 # The protocols of the datasets this command reads.
 READABLE_PROTOCOLS = sorted(name for name, protocol in configs.PROTOCOLS.items()

@@ -59,7 +59,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from examples import mesh_processes
-from examples.paper import cli, configs, data, files, methods, train
+from experiments import cli, configs, data, files, methods, train
 
 PROG = "train_mesh"
 MODULE = "examples.train_mesh"

@@ -8,7 +8,7 @@ kernel's, so under ``"array"`` the biases get larger factors than the kernels.
 
 Protocol: the paper's Table I (MNIST LeNet, Caffe ``lenet_solver``; here on
 Fashion-MNIST): SGD, NAG and AdaGrad, each alone and with the factor under both
-groupings, from the harness in ``examples/paper/``. Same seeds for every method (paired);
+groupings, from the harness in ``experiments/``. Same seeds for every method (paired);
 test error at the protocol's evaluation points up to ``--iters``.
 
 Run: ``python -m studies.grouping`` (3 seeds x 2,000 iterations, the paper's length; run
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from examples.paper import cli, report
-from examples.paper.methods import method_names
+from experiments import cli, report
+from experiments.methods import method_names
 from studies import lenet_runs, options, outputs, stats
 
 GROUPINGS = ("module", "array")

@@ -4,7 +4,7 @@ The studies that train LeNet (lr_sensitivity, grouping) use the harness's MNIST 
 (Caffe's ``lenet_solver``) on Fashion-MNIST. A configuration ``(method, base_lr, layers)``
 that the main comparison (``python -m examples.reproduce``) already ran is read from its
 ``runs/*.npz`` and cut to the study's length; the rest are trained through the worker pool
-of :mod:`examples.paper.pool`.
+of :mod:`experiments.pool`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from examples.paper import configs, data, methods, pool, train
+from experiments import configs, data, methods, pool, train
 
 PROTOCOL = configs.MNIST
 

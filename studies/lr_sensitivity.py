@@ -3,7 +3,7 @@
 The paper says the layer-specific method is less sensitive to the choice of learning rate.
 Protocol: LeNet on Fashion-MNIST with Caffe's ``lenet_solver`` (batch 64, momentum 0.9,
 weight decay 5e-4, ``inv`` schedule ``lr_k = lr (1 + 1e-4 k)^-0.75``, biases at twice the
-rate), from the harness in ``examples/paper/``; only the base learning rate ``lr`` changes,
+rate), from the harness in ``experiments/``; only the base learning rate ``lr`` changes,
 over a log grid (default 0.001 ... 0.1, the paper's 0.01 in the middle). Every method sees
 the same seeds (initialisation and batch order), so per-seed differences are paired.
 
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from examples.paper import cli, report
-from examples.paper.methods import method_names
+from experiments import cli, report
+from experiments.methods import method_names
 from studies import lenet_runs, options, outputs, stats
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import optax
 
 import layerwise_optax as lo
-from examples.paper import methods
+from experiments import methods
 
 MOMENTUM = 0.9
 BASES = ("gd", "sgd", "nag")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from examples.paper import cli
+from experiments import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 # The main comparison's output (python -m examples.reproduce --out results/fashion_mnist).

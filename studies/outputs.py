@@ -1,6 +1,6 @@
 """What every study writes: ``results.json`` (every number, per seed), ``table.md`` (the
 headline table, with the wall time and backend) and its figures, under ``--out``, each written
-atomically (``examples/paper/files.py``)."""
+atomically (``experiments/files.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from examples.paper import files
+from experiments import files
 
 
 def environment() -> dict[str, Any]:

@@ -47,8 +47,8 @@ import numpy as np
 import optax
 
 import layerwise_optax as lo
-from examples.paper import cli, report
-from examples.paper.methods import method_names, split_method
+from experiments import cli, report
+from experiments.methods import method_names, split_method
 from studies import optimizers, options, outputs, stats
 
 THRESHOLDS = (0.5, 0.05)  # loss / L(0): escape, converged

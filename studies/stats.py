@@ -2,7 +2,7 @@
 
 Times to a threshold are ``inf`` where a run never reached it; :func:`median_iqr` orders
 ``inf`` after every finite value, so a median of runs that mostly did not arrive is ``inf``.
-Mean and standard deviation over seeds: :func:`examples.paper.report.mean_std`.
+Mean and standard deviation over seeds: :func:`experiments.report.mean_std`.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ import numpy as np
 import optax
 
 import layerwise_optax as lo
-from examples.paper import cli, data, report, train
+from experiments import cli, data, report, train
 from studies import optimizers, options, outputs, stats
 
 ACTIVATIONS = {"sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}

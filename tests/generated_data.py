@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from examples.paper import data
+from experiments import data
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:

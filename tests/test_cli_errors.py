@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks import bench_step
 from examples import reproduce
-from examples.paper import configs, data, train
+from experiments import configs, data, train
 from studies import grouping, lr_sensitivity, saddle, vanishing
 from tests.generated_data import idx_bytes, write_idx_folder
 

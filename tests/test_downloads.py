@@ -1,7 +1,7 @@
 """``--download`` for every dataset it is offered for, against a local HTTP server.
 
 The server (127.0.0.1, a free port) serves generated files in each dataset's published
-format; :data:`examples.paper.data.REMOTE` is pointed at it with the files' own checksums.
+format; :data:`experiments.data.REMOTE` is pointed at it with the files' own checksums.
 """
 
 import functools
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from examples import reproduce
-from examples.paper import data
+from experiments import data
 from tests.generated_data import write_cifar_python_archive, write_idx_folder
 
 

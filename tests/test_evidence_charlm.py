@@ -18,9 +18,10 @@ import optax
 import pytest
 
 import layerwise_optax as lo
-from evidence import charlm, shakespeare, tuning
-from examples.paper import data as data_lib
-from examples.paper.cli import InputError
+from evidence import charlm, tuning
+from experiments import data as data_lib
+from experiments import shakespeare
+from experiments.cli import InputError
 
 TINY_SETUP = charlm.CharLMSetup(context=8, width=16, heads=2, blocks=2, batch=4, eval_points=2,
                                 eval_tokens=64, eval_chunk=4, check_every=2)

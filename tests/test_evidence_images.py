@@ -14,9 +14,9 @@ import pytest
 
 import layerwise_optax as lo
 from evidence import images, lenet, resnet, tuning
-from examples.paper import methods
-from examples.paper import models as harness_models
-from examples.paper.train import cross_entropy, make_order
+from experiments import methods
+from experiments import models as harness_models
+from experiments.train import cross_entropy, make_order
 from tests.generated_data import write_idx_folder
 
 N_TRAIN, N_TEST, N_VAL = 48, 12, 16

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from evidence import report, tuning
-from examples.paper import cli
+from experiments import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from evidence import report, tuning, verdict
-from examples.paper import cli
+from experiments import cli
 
 
 def method(baseline, diffs, lr=0.01, base_test=1.0):

@@ -1,4 +1,4 @@
-"""Readers of examples/paper/data.py on small generated files (downloads: test_downloads.py)."""
+"""Readers of experiments/data.py on small generated files (downloads: test_downloads.py)."""
 
 import gzip
 import hashlib
@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from examples.paper import data
+from experiments import data
 from tests.generated_data import cifar_records, idx_bytes, write_idx_folder
 
 

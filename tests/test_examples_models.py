@@ -1,4 +1,4 @@
-"""The paper's Caffe networks (examples/paper/models.py): sizes, layers, fillers, few steps."""
+"""The paper's Caffe networks (experiments/models.py): sizes, layers, fillers, few steps."""
 
 import math
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from examples.paper import configs, data, models, train
+from experiments import configs, data, models, train
 
 
 @pytest.mark.parametrize("name, count, out", [

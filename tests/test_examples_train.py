@@ -1,4 +1,4 @@
-"""Training harness (examples/paper): Caffe update rules, smoke runs, resume, CLI, report."""
+"""Training harness (experiments): Caffe update rules, smoke runs, resume, CLI, report."""
 
 import dataclasses
 import json
@@ -11,7 +11,7 @@ import pytest
 
 import layerwise_optax as lo
 from examples import reproduce
-from examples.paper import configs, methods, models, train
+from experiments import configs, methods, models, train
 from tests.generated_data import learnable_dataset, write_idx_folder
 from tests.reference import layer_factor
 

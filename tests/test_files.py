@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from examples.paper import files
+from experiments import files
 
 
 def test_write_json_replaces_and_leaves_no_temporary(tmp_path):

@@ -1,4 +1,4 @@
-"""The layer-relative ablation (examples/paper/relative.py): r_l = f_l / mean_k f_k, with
+"""The layer-relative ablation (experiments/relative.py): r_l = f_l / mean_k f_k, with
 f_l = 1 + ln(1 + 1/||g_l||) (Singh et al. 2015, eq. 9), in both placements, and the
 harness's "+relative" methods."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from examples.paper import configs, methods, relative
+from experiments import configs, methods, relative
 
 # Two layers with gradient norms 5 and 1.
 GRADS = {"a": {"w": jnp.array([3.0, 4.0])}, "b": {"w": jnp.array([0.6]), "bias": jnp.array([0.8])}}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from examples import reproduce
-from examples.paper import train
+from experiments import train
 from tests.generated_data import write_idx_folder
 
 ROOT = Path(__file__).resolve().parents[1]

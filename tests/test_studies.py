@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from examples.paper import data, models, train
+from experiments import data, models, train
 from studies import grouping, lenet_runs, lr_sensitivity, optimizers, saddle, vanishing
 from tests import reference
 

@@ -12,7 +12,7 @@ and then its update rule (``local_rate = t_l``):
 * AdaGrad:  ``G += g^2;  w -= t_l g / (sqrt(G) + delta)``          (paper eq. 12)
 * Adam:     ``w -= t_l m_hat / (sqrt(v_hat) + eps)``               (the extra pair)
 
-"+relative" (the ablation of :mod:`examples.paper.relative`) uses ``r_l = f_l / mean_k f_k``
+"+relative" (the ablation of :mod:`experiments.relative`) uses ``r_l = f_l / mean_k f_k``
 in place of ``f_l``, with the same placements.
 
 Here, with optax: the factor comes from :func:`layerwise_optax.scale_by_layerwise_lr`

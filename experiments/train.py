@@ -26,7 +26,7 @@ Pieces for other loops: :func:`make_train_step` and :func:`make_eval` build the 
 per-seed functions; :func:`init_state` and :func:`make_order` the inputs
 (``examples/train_mesh.py`` runs the same step on a device mesh). :class:`RunSpec` and
 :func:`run_spec` make one seed's run a picklable task, for the worker pool of
-:mod:`examples.paper.pool`.
+:mod:`experiments.pool`.
 
 References:
   Singh et al., ICMLA 2015, arXiv:1510.04609, section IV (10 runs per method, test error at
