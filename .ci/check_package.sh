@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The built artefacts, as a user gets them.
+# The built artefacts, as a user and a packager get them.
 #
-# Builds the sdist and, from it, the wheel; checks that both hold every file git tracks in
-# layerwise_optax/ and that the sdist holds LICENSE and README.md; installs the wheel (not
-# editable, no extras) into a fresh virtual environment, outside the repository so the source
-# tree cannot be imported instead; imports it there with no Flax installed; then installs Flax,
-# as a user following the quick start would, and runs examples/quickstart.py against the wheel.
+# Builds the sdist and, from it, the wheel. Checks the wheel's metadata against pyproject.toml
+# (project URLs, classifiers with `Typing :: Typed` and a Python version classifier from the
+# `Requires-Python` floor on, keywords, licence), and the file lists: the wheel holds every file
+# git tracks in layerwise_optax/ and nothing else; the sdist holds those, LICENSE, README.md,
+# CHANGELOG.md, CITATION.cff, and the library's tests (every tracked tests/test_core_*.py) with
+# their helpers, and nothing of the experiment harness. Installs the wheel (not editable, no
+# extras) into a fresh virtual environment, outside the repository so the source tree cannot
+# be imported instead; imports it there with no Flax installed; installs Flax, as a user
+# following the quick start would, and runs examples/quickstart.py against the wheel; then
+# installs the `test` extra, as a packager would, and runs the sdist's tests from the unpacked
+# sdist, with its copy of the package removed so that only the wheel can be imported.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 uv=${UV:-$(command -v "$repo/.venv/bin/uv" || command -v uv || echo uv)}
@@ -18,17 +24,79 @@ sdist=$(echo "$work"/dist/layerwise_optax-*.tar.gz)
 wheel=$(echo "$work"/dist/layerwise_optax-*-py3-none-any.whl)
 version=$(basename "$wheel" | cut -d- -f2)
 
-package_files=$(git -C "$repo" ls-files layerwise_optax)
-tar -tzf "$sdist" | sed 's|^[^/]*/||' | sort >"$work/sdist.txt"
-"$repo/.venv/bin/python" -m zipfile -l "$wheel" | awk 'NR > 1 {print $1}' | sort >"$work/wheel.txt"
-missing=0
-for f in LICENSE README.md pyproject.toml $package_files; do
-  grep -qxF "$f" "$work/sdist.txt" || { echo "check_package: the sdist lacks $f" >&2; missing=1; }
-done
-for f in $package_files "layerwise_optax-$version.dist-info/licenses/LICENSE"; do
-  grep -qxF "$f" "$work/wheel.txt" || { echo "check_package: the wheel lacks $f" >&2; missing=1; }
-done
-[ "$missing" = 0 ]
+# The file lists, and the metadata of both artefacts against pyproject.toml.
+git -C "$repo" ls-files layerwise_optax 'tests/test_core_*.py' >"$work/tracked.txt"
+"$repo/.venv/bin/python" - "$repo/pyproject.toml" "$sdist" "$wheel" "$work/tracked.txt" <<'PY'
+import email.parser, re, sys, tarfile, tomllib, zipfile
+pyproject, sdist, wheel, tracked = sys.argv[1:]
+project = tomllib.load(open(pyproject, "rb"))["project"]
+tracked = open(tracked).read().split()
+package = [f for f in tracked if f.startswith("layerwise_optax/")]
+errors = []
+
+with zipfile.ZipFile(wheel) as z:
+  wheel_files = z.namelist()
+  (info,) = {f.split("/")[0] for f in wheel_files if ".dist-info/" in f}
+  metadata = z.read(f"{info}/METADATA").decode()
+with tarfile.open(sdist) as t:
+  members = t.getmembers()
+  sdist_files = [m.name.split("/", 1)[1] for m in members if m.isfile()]
+  (pkg_info,) = [m for m in members if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")]
+  sdist_metadata = t.extractfile(pkg_info).read().decode()
+
+# The wheel: the package and its metadata, nothing else.
+for f in package + [f"{info}/licenses/LICENSE"]:
+  if f not in wheel_files:
+    errors.append(f"the wheel lacks {f}")
+errors += [f"the wheel holds {f}" for f in wheel_files
+           if not f.startswith(("layerwise_optax/", f"{info}/"))]
+# The sdist: the package, the documents, the library's tests and their helpers.
+documents = ["LICENSE", "README.md", "CHANGELOG.md", "CITATION.cff", "pyproject.toml"]
+helpers = ["tests/conftest.py", "tests/reference.py"]
+for f in documents + helpers + tracked:
+  if f not in sdist_files:
+    errors.append(f"the sdist lacks {f}")
+allowed = re.compile(r"(PKG-INFO|setup\.cfg|MANIFEST\.in|layerwise_optax(\.egg-info)?/.+"
+                     r"|tests/[\w]+\.py)$")
+errors += [f"the sdist holds {f}" for f in sdist_files
+           if f not in documents and not allowed.fullmatch(f)]
+
+def check(text, where):
+  meta = email.parser.Parser().parsestr(text)
+  def want(field, got, expected):
+    if got != expected:
+      errors.append(f"{where} {field}: {got!r}, pyproject.toml says {expected!r}")
+  want("Version", meta["Version"], version)
+  want("Requires-Python", meta["Requires-Python"], project["requires-python"])
+  want("License-Expression", meta["License-Expression"], project["license"])
+  want("Keywords", meta["Keywords"], ",".join(project["keywords"]))
+  want("Classifier", meta.get_all("Classifier"), project["classifiers"])
+  urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL") or [])
+  want("Project-URL", urls, project["urls"])
+  for label in ("Homepage", "Repository", "Documentation", "Issues", "Changelog"):
+    if not urls.get(label, "").startswith("https://"):
+      errors.append(f"{where} has no {label} URL")
+  if not meta["Author"] and not meta["Author-email"]:
+    errors.append(f"{where} names no author")
+  classifiers = meta.get_all("Classifier") or []
+  for c in ("Typing :: Typed", "Programming Language :: Python :: 3 :: Only"):
+    if c not in classifiers:
+      errors.append(f"{where} lacks the classifier {c!r}")
+  # Python versions: one classifier each, from the Requires-Python floor on.
+  minors = sorted(int(m) for m in re.findall(r"^Programming Language :: Python :: 3\.(\d+)$",
+                                             "\n".join(classifiers), flags=re.MULTILINE))
+  floor = int(re.fullmatch(r">=3\.(\d+)", meta["Requires-Python"] or "").group(1))
+  if not minors or minors != list(range(floor, floor + len(minors))):
+    errors.append(f"{where}: Python classifiers 3.{minors} are not one each from 3.{floor} on")
+
+version = wheel.rsplit("/", 1)[-1].split("-")[1]
+check(metadata, "the wheel's METADATA")
+check(sdist_metadata, "the sdist's PKG-INFO")
+if errors:
+  sys.exit("check_package: " + "\ncheck_package: ".join(errors))
+print(f"wheel and sdist {version}: files and metadata as pyproject.toml declares "
+      f"({len(wheel_files)} and {len(sdist_files)} files)")
+PY
 
 "$uv" venv -q --python "$repo/.venv/bin/python" "$work/venv"
 py=$work/venv/bin/python
@@ -51,3 +119,11 @@ PY
 "$uv" pip install -q --python "$py" flax
 cp "$repo/examples/quickstart.py" "$work/"
 "$py" quickstart.py
+
+# The sdist's tests, from the unpacked sdist, against the wheel with the `test` extra.
+"$uv" pip install -q --python "$py" "$wheel[test]"
+mkdir "$work/sdist" && tar -xzf "$sdist" -C "$work/sdist"
+cd "$work"/sdist/layerwise_optax-*/
+rm -r layerwise_optax
+"$py" -c 'import layerwise_optax as lo; assert "site-packages" in lo.__file__, lo.__file__'
+"$py" -m pytest -q -p no:cacheprovider -n "${PACKAGE_TEST_WORKERS:-auto}" tests
