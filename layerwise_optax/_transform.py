@@ -339,8 +339,41 @@ def _scale_tree(tree: optax.Updates, plan: LayerPlan,
   return jax.tree.unflatten(treedef, _factor.scale_leaves(leaves, plan, factors))
 
 
+def _parameter_counts(leaves: Sequence[ArrayLike], plan: LayerPlan) -> list[int]:
+  """Each layer's number of parameters (of one slice for a stacked layer), from the shapes."""
+  counts = [0] * len(plan.names)
+  for leaf, layer in zip(leaves, plan.leaf_layer):
+    shape = np.shape(leaf)
+    counts[layer] += math.prod(shape[1:] if plan.stacked[layer] else shape)
+  return counts
+
+
+def _relative_factors(factors: Sequence[jax.Array], plan: LayerPlan,
+                     leaves: Sequence[ArrayLike]) -> list[jax.Array]:
+  r"""The factors divided by their parameter-weighted mean, so that this mean becomes 1.
+
+  .. math::
+    r_l = \frac{f_l}{\bar f}, \qquad \bar f = \frac{\sum_k n_k f_k}{\sum_k n_k}, \qquad
+    \text{so} \quad \frac{\sum_l n_l r_l}{\sum_l n_l} = 1,
+
+  with :math:`n_l` the parameter count of layer :math:`l` (each slice of a stacked layer is
+  a layer). Under ``shard_map`` the counts are each shard's, proportional to the whole
+  layers' when every array is split over the axis, as ``axis_name`` assumes.
+  """
+  counts = _parameter_counts(leaves, plan)
+  total = sum(c * math.prod(f.shape) for c, f in zip(counts, factors))
+  if not total:  # no parameters: nothing to normalise
+    return list(factors)
+  dtype = jnp.result_type(*factors)
+  weights = np.concatenate([np.full(math.prod(f.shape), c / total)
+                            for c, f in zip(counts, factors)])
+  flat = jnp.concatenate([jnp.ravel(f).astype(dtype) for f in factors])
+  mean = jnp.dot(flat, jnp.asarray(weights, dtype))  # one vector operation for all layers
+  return [f / mean.astype(f.dtype) for f in factors]
+
+
 def _factors_of(updates: optax.Updates, layers: LayersSpec, stacked: StackedSpec,
-                norm_eps: ArrayLike, axis_name: Hashable | None
+                norm_eps: ArrayLike, axis_name: Hashable | None, relative: bool = False
                 ) -> tuple[LayerPlan, list[jax.Array], list[jax.Array]]:
   leaves = jax.tree.leaves(updates)
   plan = make_plan(updates, layers, stacked)
@@ -354,12 +387,15 @@ def _factors_of(updates: optax.Updates, layers: LayersSpec, stacked: StackedSpec
   # instead of 1.3x on 4 arrays of 4096x4096 (benchmarks/bench_step.py).
   norm_leaves = jax.lax.optimization_barrier(leaves) if leaves else leaves
   sums, factors = _layer_factors_flat(norm_leaves, plan, norm_eps, axis_name)
+  if relative:
+    factors = _relative_factors(factors, plan, leaves)
   return plan, sums, factors
 
 
 def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = None,
                           norm_eps: ArrayLike = 0.0, axis_name: Hashable | None = None,
-                          keep_stats: bool = False) -> optax.GradientTransformation:
+                          keep_stats: bool = False,
+                          relative: bool = False) -> optax.GradientTransformation:
   r"""Scales each layer's updates by their own factor of eq. 9.
 
   .. math::
@@ -391,7 +427,18 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
     keep_stats: keep the last step's ``{layer name: LayerFactor(norm, factor)}`` in the
       state (:class:`LayerwiseLrState`, read it with
       ``optax.tree_utils.tree_get(state, "layer_stats")``). Off by default: the state is
-      then ``optax.EmptyState()``.
+      then ``optax.EmptyState()``. With ``relative`` the kept factor is the one applied,
+      :math:`r_l`.
+    relative: the layer-relative form: each factor divided by the parameter-weighted mean
+      of all the layers' factors at this step,
+
+      .. math::
+        r_l = f_l \Big/ \frac{\sum_k n_k f_k}{\sum_k n_k}
+        \quad (n_k \text{: the parameter count of layer } k),
+
+      so that :math:`\sum_l n_l r_l / \sum_l n_l = 1` at every step: the step is
+      redistributed across layers without the factor's global boost (an ablation of eq. 9;
+      a slice of a stacked layer is a layer).
 
   Returns:
     An ``optax.GradientTransformation``. A layer with an all-zero update gets a zero update;
@@ -433,7 +480,7 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
   def update_fn(updates: optax.Updates, state: optax.OptState,
                 params: optax.Params | None = None) -> tuple[optax.Updates, optax.OptState]:
     del params
-    plan, sums, factors = _factors_of(updates, layers, stacked, norm_eps, axis_name)
+    plan, sums, factors = _factors_of(updates, layers, stacked, norm_eps, axis_name, relative)
     if keep_stats:
       previous = cast(LayerwiseLrState, state).layer_stats
       state = LayerwiseLrState(_like(_packed_stats(plan, sums, factors), previous))
@@ -444,8 +491,8 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
 
 def with_layerwise_lr(inner: optax.GradientTransformation, layers: LayersSpec = "module",
                       stacked: StackedSpec = None, norm_eps: ArrayLike = 0.0,
-                      axis_name: Hashable | None = None,
-                      keep_stats: bool = False) -> optax.GradientTransformationExtraArgs:
+                      axis_name: Hashable | None = None, keep_stats: bool = False,
+                      relative: bool = False) -> optax.GradientTransformationExtraArgs:
   r"""Multiplies ``inner``'s step per layer by factors taken from the raw gradients.
 
   .. math::
@@ -469,7 +516,9 @@ def with_layerwise_lr(inner: optax.GradientTransformation, layers: LayersSpec = 
     axis_name: the mapped axis to sum over, as in :func:`scale_by_layerwise_lr`.
     keep_stats: keep the last step's ``{layer name: LayerFactor(norm, factor)}`` of the raw
       gradients: the state is then :class:`WithLayerwiseLrState` ``(inner_state,
-      layer_stats)``.
+      layer_stats)``. With ``relative`` the kept factor is the one applied, :math:`r_l`.
+    relative: the layer-relative form, factors divided by their parameter-weighted mean
+      (taken from the raw gradients), as in :func:`scale_by_layerwise_lr`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (extra arguments go to ``inner``).
@@ -510,7 +559,7 @@ def with_layerwise_lr(inner: optax.GradientTransformation, layers: LayersSpec = 
   def update_fn(updates: optax.Updates, state: optax.OptState,
                 params: optax.Params | None = None,
                 **extra_args: object) -> tuple[optax.Updates, optax.OptState]:
-    plan, sums, factors = _factors_of(updates, layers, stacked, norm_eps, axis_name)
+    plan, sums, factors = _factors_of(updates, layers, stacked, norm_eps, axis_name, relative)
     if not keep_stats:
       inner_updates, state = wrapped.update(updates, state, params, **extra_args)
       return _scale_tree(inner_updates, plan, factors), state
