@@ -13,16 +13,22 @@ __all__ = [
     "LayerStats",
     "LayerPlan",
     "LayerwiseLrState",
+    "TrustRatio",
+    "TrustRatioState",
+    "TrustRatioStats",
     "WithLayerwiseLrState",
     "adagrad",
+    "lamb",
+    "lars",
     "layer_factors",
     "make_plan",
     "scale_by_layerwise_lr",
+    "scale_by_trust_ratio",
     "sgd",
     "with_layerwise_lr",
 ]
 
-from layerwise_optax._alias import adagrad, sgd
+from layerwise_optax._alias import adagrad, lamb, lars, sgd
 from layerwise_optax._grouping import LayerPlan, make_plan
 from layerwise_optax._transform import (
     LayerFactor,
@@ -32,4 +38,10 @@ from layerwise_optax._transform import (
     layer_factors,
     scale_by_layerwise_lr,
     with_layerwise_lr,
+)
+from layerwise_optax._trust_ratio import (
+    TrustRatio,
+    TrustRatioState,
+    TrustRatioStats,
+    scale_by_trust_ratio,
 )

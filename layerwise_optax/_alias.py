@@ -1,8 +1,10 @@
-"""Ready-made optimizers in optax's alias style: SGD/Nesterov (eq. 10) and AdaGrad (eq. 12).
+"""Ready-made optimizers in optax's alias style: SGD/Nesterov (eq. 10), AdaGrad (eq. 12), and
+LARS and LAMB with trust ratios on the layer plan.
 
-Both start with a weight-decay slot (its state is ``optax.EmptyState()`` whatever the
-coefficient), so the state has the same structure with and without weight decay, and under
-``optax.inject_hyperparams``, where every numeric argument becomes an array.
+SGD and AdaGrad start with a weight-decay slot (its state is ``optax.EmptyState()`` whatever
+the coefficient), so the state has the same structure with and without weight decay, and
+under ``optax.inject_hyperparams``, where every numeric argument becomes an array. LARS and
+LAMB are optax's chains with :func:`scale_by_trust_ratio` in place of optax's.
 
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep
@@ -22,6 +24,7 @@ from jax.typing import ArrayLike, DTypeLike
 from layerwise_optax._factor import concrete_value
 from layerwise_optax._grouping import LayersSpec, StackedSpec
 from layerwise_optax._transform import scale_by_layerwise_lr, with_layerwise_lr
+from layerwise_optax._trust_ratio import MaskOrFn, scale_by_trust_ratio
 
 
 def _weight_decay(weight_decay: ArrayLike) -> optax.GradientTransformation:
@@ -191,4 +194,155 @@ def adagrad(learning_rate: optax.ScalarOrSchedule, initial_accumulator_value: Ar
   return optax.chain(
       _weight_decay(weight_decay),
       with_layerwise_lr(inner, layers, stacked, norm_eps, axis_name, keep_stats),
+  )
+
+
+def lars(learning_rate: optax.ScalarOrSchedule, weight_decay: optax.ScalarOrSchedule = 0.0,
+         weight_decay_mask: MaskOrFn = True, trust_coefficient: ArrayLike = 0.001,
+         eps: ArrayLike = 0.0, trust_ratio_mask: MaskOrFn = True, momentum: ArrayLike = 0.9,
+         nesterov: bool = False, *, layers: LayersSpec = "array", stacked: StackedSpec = None,
+         axis_name: Hashable | None = None, max_ratio: ArrayLike | None = None,
+         keep_stats: bool = False) -> optax.GradientTransformationExtraArgs:
+  r"""LARS with trust ratios per layer, per scanned block or per shard.
+
+  ``optax.lars``'s chain with its arguments and defaults, its trust ratio taken on the layer
+  plan (:func:`scale_by_trust_ratio`). With learning rate :math:`\alpha`, weight decay
+  :math:`\lambda`, trust coefficient :math:`c` and momentum :math:`\mu`:
+
+  .. math::
+    \begin{align*}
+      u &\leftarrow g + \lambda w \\
+      r_l &= \frac{c \, \lVert w_l \rVert_2}{\lVert u_l \rVert_2 + \epsilon}
+        \quad (1 \text{ where either norm is } 0) \\
+      m &\leftarrow \alpha \, r_l u_l + \mu m, \qquad w \leftarrow w - m
+    \end{align*}
+
+  With ``layers="array"`` (the default), nothing stacked and no ``max_ratio`` it equals
+  ``optax.lars`` with the same arguments, masks included.
+
+  Args:
+    learning_rate: :math:`\alpha`, a scalar or an optax schedule.
+    weight_decay: :math:`\lambda`, as in ``optax.lars`` (added to the gradient first).
+    weight_decay_mask: the arrays that decay, as in ``optax.lars``.
+    trust_coefficient: :math:`c`, as in ``optax.lars``.
+    eps: :math:`\epsilon`, added to the update norm, as in ``optax.lars``.
+    trust_ratio_mask: the arrays that get a trust ratio (``False``: ratio 1), as in
+      ``optax.lars``; often the 1-D arrays (biases, normalisation scales) are left out.
+    momentum: :math:`\mu`, as in ``optax.lars``.
+    nesterov: Nesterov momentum, as in ``optax.lars``.
+    layers: what forms a layer, see :func:`scale_by_trust_ratio` (one per array by default).
+    stacked: the stacked layers, one ratio per slice, see :func:`scale_by_trust_ratio`.
+    axis_name: the mapped axis to sum the squares over, see :func:`scale_by_trust_ratio`.
+    max_ratio: an upper clip of the ratio, see :func:`scale_by_trust_ratio`.
+    keep_stats: keep each layer's norms and ratio in the state, see
+      :func:`scale_by_trust_ratio`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import layerwise_optax as lo
+    >>> def f(p): return jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2)
+    >>> params = {"w": jnp.array([1.0, 2.0, 3.0]), "b": jnp.array([0.5])}
+    >>> solver = lo.lars(learning_rate=0.1, trust_coefficient=0.1,
+    ...                  trust_ratio_mask={"w": True, "b": False})
+    >>> state = solver.init(params)
+    >>> for _ in range(3):
+    ...   updates, state = solver.update(jax.grad(f)(params), state, params)
+    ...   params = optax.apply_updates(params, updates)
+    ...   print(f"{f(params):.4f}")
+    13.8814
+    13.2554
+    12.4869
+
+  References:
+    You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks",
+    arXiv:1708.03888, 2017, algorithm 1.
+  """
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
+      scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps, max_ratio=max_ratio,
+                           mask=trust_ratio_mask, layers=layers, stacked=stacked,
+                           axis_name=axis_name, keep_stats=keep_stats),
+      optax.scale_by_learning_rate(learning_rate),
+      optax.trace(decay=momentum, nesterov=nesterov),
+  )
+
+
+def lamb(learning_rate: optax.ScalarOrSchedule, b1: ArrayLike = 0.9, b2: ArrayLike = 0.999,
+         eps: ArrayLike = 1e-6, eps_root: ArrayLike = 0.0,
+         weight_decay: optax.ScalarOrSchedule = 0.0, mask: MaskOrFn = None, *,
+         trust_ratio_mask: MaskOrFn = True, layers: LayersSpec = "array",
+         stacked: StackedSpec = None, axis_name: Hashable | None = None,
+         max_ratio: ArrayLike | None = None,
+         keep_stats: bool = False) -> optax.GradientTransformationExtraArgs:
+  r"""LAMB with trust ratios per layer, per scanned block or per shard, and a trust-ratio mask.
+
+  ``optax.lamb``'s chain with its arguments and defaults, its trust ratio taken on the layer
+  plan (:func:`scale_by_trust_ratio`), with the mask optax's LAMB lacks. With Adam's
+  direction :math:`a = \hat m / (\sqrt{\hat v + \epsilon_{root}} + \epsilon)`:
+
+  .. math::
+    \begin{align*}
+      u &\leftarrow a + \lambda w \\
+      r_l &= \min\left(\frac{\lVert w_l \rVert_2}{\lVert u_l \rVert_2}, r_{\max}\right)
+        \quad (1 \text{ where either norm is } 0) \\
+      w &\leftarrow w - \alpha \, r_l u_l
+    \end{align*}
+
+  With ``layers="array"`` (the default), nothing stacked, no ``max_ratio`` and no
+  ``trust_ratio_mask`` it equals ``optax.lamb`` with the same arguments, ``mask`` included.
+
+  Args:
+    learning_rate: :math:`\alpha`, a scalar or an optax schedule.
+    b1: Adam's first-moment decay, as in ``optax.lamb``.
+    b2: Adam's second-moment decay, as in ``optax.lamb``.
+    eps: Adam's :math:`\epsilon` outside the square root, as in ``optax.lamb``.
+    eps_root: Adam's :math:`\epsilon_{root}` inside it, as in ``optax.lamb``.
+    weight_decay: :math:`\lambda`, decoupled (added to Adam's direction), as in
+      ``optax.lamb``.
+    mask: the arrays that decay, as in ``optax.lamb``.
+    trust_ratio_mask: the arrays that get a trust ratio (``False``: ratio 1); TensorFlow's
+      LAMB leaves layer and batch norms out, solo-learn and vissl biases and batch norms.
+    layers: what forms a layer, see :func:`scale_by_trust_ratio` (one per array by default).
+    stacked: the stacked layers, one ratio per slice, see :func:`scale_by_trust_ratio`.
+    axis_name: the mapped axis to sum the squares over, see :func:`scale_by_trust_ratio`.
+    max_ratio: :math:`r_{\max}`, an upper clip of the ratio (the paper's :math:`\phi`).
+    keep_stats: keep each layer's norms and ratio in the state, see
+      :func:`scale_by_trust_ratio`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import layerwise_optax as lo
+    >>> def f(p): return jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2)
+    >>> params = {"w": jnp.array([1.0, 2.0, 3.0]), "b": jnp.array([0.5])}
+    >>> solver = lo.lamb(learning_rate=0.01, weight_decay=1e-4,
+    ...                  trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.size > 1, p))
+    >>> state = solver.init(params)
+    >>> for _ in range(3):
+    ...   updates, state = solver.update(jax.grad(f)(params), state, params)
+    ...   params = optax.apply_updates(params, updates)
+    ...   print(f"{f(params):.4f}")
+    13.9823
+    13.7199
+    13.4627
+
+  References:
+    You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
+    ICLR 2020, arXiv:1904.00962, algorithm 2.
+  """
+  return optax.chain(
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
+      optax.add_decayed_weights(weight_decay, mask=mask),
+      scale_by_trust_ratio(max_ratio=max_ratio, mask=trust_ratio_mask, layers=layers,
+                           stacked=stacked, axis_name=axis_name, keep_stats=keep_stats),
+      optax.scale_by_learning_rate(learning_rate),
   )
