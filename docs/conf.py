@@ -31,11 +31,25 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
     "myst_parser",
     "sphinx_copybutton",
     "docs.public_api",
     "docs.repo_links",
+    "docs.intersphinx_offline",
 ]
+
+# Source links: every API entry gets a [source] link to its highlighted code, which viewcode
+# renders into the site (_modules/), so the links work offline and at the built version; it
+# follows the package root's re-exports to the private module that defines each name.
+viewcode_follow_imported_members = True
+
+# Links to the Python, NumPy, JAX and optax docs (intersphinx) with no network: the build
+# must not download the projects' objects.inv inventories, and the packages' wheels ship none.
+# docs/intersphinx_offline.py writes small inventories of the names these docs use, with their
+# pages on each project's site, at the start of the build and sets `intersphinx_mapping` to
+# them; it warns (an error here) about an external name it cannot link. The links point to
+# the projects' current docs (Python 3, NumPy stable, JAX and optax latest).
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
