@@ -34,7 +34,24 @@ FACTORIES = {
                             {"learning_rate": 0.1, "weight_decay": 1e-3}),
     "with_layerwise_lr(adam, keep_stats)": (lambda learning_rate: lo.with_layerwise_lr(
         optax.adam(learning_rate), keep_stats=True), {"learning_rate": 0.01}),
+    # Trust ratios (update needs params, which every test here passes).
+    "scale_by_trust_ratio": (lo.scale_by_trust_ratio,
+                             {"min_norm": 0.01, "trust_coefficient": 0.5, "eps": 1e-3}),
+    "lars": (lo.lars, {"learning_rate": 0.1, "weight_decay": 1e-3, "trust_coefficient": 0.01,
+                       "momentum": 0.9}),
+    "lamb": (lo.lamb, {"learning_rate": 0.01, "weight_decay": 1e-3, "b1": 0.8}),
+    # A mask tree: inject_hyperparams takes a callable for a schedule unless static_args
+    # names it, as with optax.lars.
+    "lars(module, keep_stats, max_ratio)": (functools.partial(
+        lo.lars, layers="module", keep_stats=True,
+        trust_ratio_mask={"Dense_0": {"kernel": True, "bias": False}, "Dense_1": True}),
+        {"learning_rate": 0.1, "max_ratio": 5.0}),
+    "lamb(keep_stats)": (functools.partial(lo.lamb, keep_stats=True),
+                         {"learning_rate": 0.01, "eps": 1e-4}),
 }
+
+# The trust-ratio aliases against optax's, with the same arguments.
+OPTAX_TWINS = {"lars": optax.lars, "lamb": optax.lamb}
 
 
 @pytest.mark.parametrize("name", FACTORIES)
@@ -61,6 +78,20 @@ def test_inject_hyperparams_can_change_norm_eps_between_steps():
   np.testing.assert_allclose(u1["l"]["w"], 1e-6 * reference.factor(1e-6 + 1.0), rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", OPTAX_TWINS)
+def test_trust_ratio_aliases_equal_optax_step_by_step_and_under_inject_hyperparams(name):
+  factory, hparams = FACTORIES[name]
+  ours = optax.inject_hyperparams(factory)(**hparams)
+  theirs = OPTAX_TWINS[name](**hparams)
+  s_ours, s_theirs = jax.jit(ours.init)(PARAMS), theirs.init(PARAMS)
+  params = PARAMS
+  for k in range(3):
+    u_ours, s_ours = jax.jit(ours.update)(_grads(1.0 + k), s_ours, params)
+    u_theirs, s_theirs = theirs.update(_grads(1.0 + k), s_theirs, params)
+    chex.assert_trees_all_close(u_ours, u_theirs, rtol=1e-5, atol=1e-9)
+    params = optax.apply_updates(params, u_theirs)
+
+
 def test_multisteps_accumulates_then_applies_the_mean_gradient():
   inner = lo.sgd(0.1, momentum=0.9)
   tx = optax.MultiSteps(inner, every_k_schedule=2)
@@ -75,10 +106,11 @@ def test_multisteps_accumulates_then_applies_the_mean_gradient():
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
-@pytest.mark.parametrize("name", ["sgd", "adagrad"])
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "lars", "lamb"])
 def test_updates_keep_the_parameter_dtype(name, dtype):
   params = jax.tree.map(lambda p: p.astype(dtype), PARAMS)
-  tx = lo.sgd(0.1, momentum=0.9) if name == "sgd" else lo.adagrad(0.1)
+  tx = {"sgd": lambda: lo.sgd(0.1, momentum=0.9), "adagrad": lambda: lo.adagrad(0.1),
+        "lars": lambda: lo.lars(0.1), "lamb": lambda: lo.lamb(0.01)}[name]()
   state = tx.init(params)
   grads = jax.tree.map(lambda p: p.astype(dtype), _grads())
   updates, _ = jax.jit(tx.update)(grads, state, params)
@@ -114,4 +146,6 @@ def test_no_added_per_parameter_state():
 
   assert state_bytes(lo.sgd(0.1, momentum=0.9)) == state_bytes(optax.sgd(0.1, momentum=0.9))
   assert state_bytes(lo.adagrad(0.1)) == state_bytes(optax.adagrad(0.1))
+  assert state_bytes(lo.lars(0.1)) == state_bytes(optax.lars(0.1))
+  assert state_bytes(lo.lamb(0.1)) == state_bytes(optax.lamb(0.1))
   assert jax.tree.leaves(lo.scale_by_layerwise_lr().init(PARAMS)) == []
