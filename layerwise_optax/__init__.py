@@ -21,6 +21,7 @@ __all__ = [
     "lamb",
     "lars",
     "layer_factors",
+    "layer_stats",
     "make_plan",
     "scale_by_layerwise_lr",
     "scale_by_trust_ratio",
@@ -30,9 +31,8 @@ __all__ = [
 
 from layerwise_optax._alias import adagrad, lamb, lars, sgd
 from layerwise_optax._grouping import LayerPlan, make_plan
+from layerwise_optax._stats import LayerFactor, LayerStats, layer_stats
 from layerwise_optax._transform import (
-    LayerFactor,
-    LayerStats,
     LayerwiseLrState,
     WithLayerwiseLrState,
     layer_factors,

@@ -18,9 +18,9 @@ Put ``optax.add_decayed_weights`` (and any clipping) before either, as Caffe add
 decay to the gradient before the update rule.
 
 With ``keep_stats=True`` either keeps the last step's ``{layer name: LayerFactor(norm,
-factor)}`` in its state (a field ``layer_stats``, a :class:`LayerStats` mapping stored as two
-vectors), taken from the sums of squares the factor needs anyway, so logging them costs no
-second pass over the gradients.
+factor)}`` in its state (a :class:`LayerStats` mapping stored as two vectors, read with
+:func:`layer_stats`), taken from the sums of squares the factor needs anyway, so logging them
+costs no second pass over the gradients.
 
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep
@@ -30,8 +30,8 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from collections.abc import Hashable, Sequence
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -47,120 +47,7 @@ from layerwise_optax._grouping import (
     make_plan,
     validate_layers,
 )
-
-
-class LayerFactor(NamedTuple):
-  r"""A layer's gradient norm and its learning-rate factor (eq. 9).
-
-  .. math::
-    f_l = 1 + \log\left(1 + \frac{1}{\lVert g_l \rVert_2 + \epsilon}\right)
-
-  Both are arrays: scalars, or vectors over the stacking axis for a stacked layer. A layer
-  whose gradient is all zero has norm 0 and factor 1; one with a NaN has norm NaN and
-  factor 1.
-
-  Attributes:
-    norm: :math:`\lVert g_l \rVert_2`, in float32 at least (float64 for float64 leaves).
-    factor: :math:`f_l`, in the norm's dtype.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> import layerwise_optax as lo
-    >>> stats = lo.layer_factors({"w": jnp.array([3.0, 4.0])})["w"]
-    >>> print(f"norm {stats.norm:.4f}, factor {stats.factor:.4f}")
-    norm 5.0000, factor 1.1823
-
-  References:
-    Singh et al., "Layer-Specific Adaptive Learning Rates for Deep Networks", ICMLA 2015,
-    arXiv:1510.04609, eq. 9.
-  """
-
-  norm: jax.Array
-  factor: jax.Array
-
-
-@jax.tree_util.register_pytree_with_keys_class
-class LayerStats(Mapping[str, LayerFactor]):
-  r"""The per-layer statistics a ``keep_stats=True`` state holds: a read-only mapping
-  ``{layer name: LayerFactor(norm, factor)}``, like the dict :func:`layer_factors` returns.
-
-  Stored packed: the norms of all layers in one vector and the factors in another (one
-  entry per layer, one per slice of a stacked layer), so a step writes two small arrays
-  instead of two per layer. ``stats[name]`` slices them back to the layer's shape and dtype;
-  ``dict(stats)`` gives the plain dict. As a pytree its leaves are the two vectors,
-  ``norms`` and ``factors``.
-
-  Attributes:
-    norms: :math:`\lVert g_l \rVert_2` of every layer, concatenated in layer order.
-    factors: :math:`f_l` of every layer, in the same order.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> import layerwise_optax as lo
-    >>> tx = lo.scale_by_layerwise_lr(stacked="blocks", keep_stats=True)
-    >>> params = {"blocks": {"w": jnp.ones((2, 3))}, "head": {"w": jnp.ones(2)}}
-    >>> state = tx.init(params)
-    >>> grads = {"blocks": {"w": jnp.array([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]])},
-    ...          "head": {"w": jnp.array([0.6, 0.8])}}
-    >>> _, state = tx.update(grads, state)
-    >>> print(state.layer_stats.norms, list(state.layer_stats))
-    [5. 0. 1.] ['blocks', 'head']
-    >>> print(state.layer_stats["blocks"].factor)
-    [1.1823215 1.       ]
-
-  References:
-    Singh et al., "Layer-Specific Adaptive Learning Rates for Deep Networks", ICMLA 2015,
-    arXiv:1510.04609, eq. 9.
-  """
-
-  def __init__(self, norms: jax.Array, factors: jax.Array,
-               layout: tuple[tuple[str, tuple[int, ...], str], ...]):
-    self.norms = norms
-    self.factors = factors
-    self._layout = layout  # (name, shape, dtype name) per layer, in packing order
-    self._where: dict[str, tuple[int, tuple[int, ...], str]] = {}
-    start = 0
-    for name, shape, dtype in layout:
-      self._where[name] = (start, shape, dtype)
-      start += math.prod(shape)
-
-  def __getitem__(self, name: str) -> LayerFactor:
-    start, shape, dtype = self._where[name]
-    size = math.prod(shape)
-    return LayerFactor(*(v[start:start + size].reshape(shape).astype(dtype)
-                         for v in (self.norms, self.factors)))
-
-  def __iter__(self) -> Iterator[str]:
-    return iter(self._where)
-
-  def __len__(self) -> int:
-    return len(self._layout)
-
-  def __repr__(self) -> str:
-    return f"LayerStats({dict(self.items())!r})"
-
-  def tree_flatten_with_keys(self) -> tuple[tuple[tuple[Any, jax.Array], ...], tuple]:
-    keys = (jax.tree_util.GetAttrKey("norms"), jax.tree_util.GetAttrKey("factors"))
-    return tuple(zip(keys, (self.norms, self.factors))), self._layout
-
-  @classmethod
-  def tree_unflatten(cls, layout: tuple, children: Sequence[jax.Array]) -> LayerStats:
-    norms, factors = children
-    return cls(norms, factors, layout)
-
-
-def _layout(like: Sequence[jax.ShapeDtypeStruct | jax.Array],
-            names: Sequence[str]) -> tuple[jnp.dtype, tuple[tuple[str, tuple[int, ...], str], ...]]:
-  """The packing dtype (the widest of the layers') and each layer's name, shape and dtype."""
-  dtype = jnp.result_type(*[x.dtype for x in like]) if like else jnp.dtype(jnp.float32)
-  return dtype, tuple((n, tuple(x.shape), jnp.dtype(x.dtype).name) for n, x in zip(names, like))
-
-
-def _flat(values: Sequence[jax.Array], dtype: jnp.dtype) -> jax.Array:
-  """The layers' values as one vector, in layer order."""
-  if not values:
-    return jnp.zeros((0,), dtype)
-  return jnp.concatenate([jnp.ravel(v).astype(dtype) for v in values])
+from layerwise_optax._stats import LayerFactor, LayerStats, initial_stats, like, packed_stats
 
 
 class LayerwiseLrState(NamedTuple):
@@ -244,42 +131,6 @@ def _stats(plan: LayerPlan, sums: Sequence[jax.Array],
            factors: Sequence[jax.Array]) -> dict[str, LayerFactor]:
   norms = _factor.norms_from_sums_of_squares(sums)
   return {name: LayerFactor(n, f) for name, n, f in zip(plan.names, norms, factors)}
-
-
-def _packed_stats(plan: LayerPlan, sums: Sequence[jax.Array],
-                  factors: Sequence[jax.Array]) -> LayerStats:
-  dtype, layout = _layout(sums, plan.names)
-  norms = _factor.norm_from_sum_of_squares(_flat(sums, dtype))  # one vector operation
-  return LayerStats(norms, _flat(factors, dtype), layout)
-
-
-# optax.tree_utils.tree_map_params calls ``init`` with a stand-in for the parameters (a pytree
-# without leaves) to find where parameter-shaped values sit in the state. The layers are
-# unknown there, so the statistics become one opaque leaf: not parameter-shaped, which makes
-# tree_map_params leave the real statistics as they are.
-_STATS_OF_PARAMS_STAND_IN = object()
-
-
-def _initial_stats(params: optax.Params, layers: LayersSpec, stacked: StackedSpec) -> LayerStats:
-  """Norms 0 and factors 1 of the shapes and dtypes a step gives; abstract params work."""
-  if type(params).__name__ == "_ParamsPlaceholder":  # optax's stand-in, see above
-    return cast(LayerStats, _STATS_OF_PARAMS_STAND_IN)
-  plan = make_plan(params, layers, stacked)
-  like = _factor.layer_sums_like(jax.tree.leaves(params), plan)
-  dtype, layout = _layout(like, plan.names)
-  size = sum(math.prod(s.shape) for s in like)
-  return LayerStats(jnp.zeros((size,), dtype), jnp.ones((size,), dtype), layout)
-
-
-def _like(stats: LayerStats, previous: LayerStats) -> LayerStats:
-  """``stats`` in ``previous``'s layout and dtype, so the state keeps its types from step to
-  step."""
-  if list(stats) != list(previous):
-    raise ValueError(f"the layers of the updates {sorted(stats)} differ from those of the "
-                     f"parameters at init {sorted(previous)}.")
-  dtype = previous.norms.dtype
-  return LayerStats(stats.norms.astype(dtype), stats.factors.astype(dtype),
-                    previous._layout)
 
 
 def layer_factors(updates: optax.Updates, layers: LayersSpec = "module",
@@ -425,8 +276,7 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
       each norm is the whole layer's. Not needed under plain ``jax.jit`` with sharded
       arrays, where reductions are already global.
     keep_stats: keep the last step's ``{layer name: LayerFactor(norm, factor)}`` in the
-      state (:class:`LayerwiseLrState`, read it with
-      ``optax.tree_utils.tree_get(state, "layer_stats")``). Off by default: the state is
+      state (:class:`LayerwiseLrState`, read by :func:`layer_stats`). Off by default: the state is
       then ``optax.EmptyState()``. With ``relative`` the kept factor is the one applied,
       :math:`r_l`.
     relative: the layer-relative form: each factor divided by the parameter-weighted mean
@@ -458,7 +308,7 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
     ...   grads = jax.grad(f)(params)
     ...   updates, state = tx.update(grads, state, params)
     ...   params = optax.apply_updates(params, updates)
-    ...   stats = optax.tree_utils.tree_get(state, "layer_stats")
+    ...   stats = lo.layer_stats(state)
     ...   print(f"{f(params):.4f}", f"{stats['a'].factor:.4f}", f"{stats['b'].factor:.4f}")
     4.8142 1.2018 1.4055
     4.5604 1.2063 1.5280
@@ -473,7 +323,7 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
 
   def init_fn(params: optax.Params) -> optax.OptState:
     if keep_stats:
-      return LayerwiseLrState(_initial_stats(params, layers, stacked))
+      return LayerwiseLrState(initial_stats(params, layers, stacked))
     make_plan(params, layers, stacked)  # raises early for a mismatched label tree
     return optax.EmptyState()
 
@@ -483,7 +333,7 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
     plan, sums, factors = _factors_of(updates, layers, stacked, norm_eps, axis_name, relative)
     if keep_stats:
       previous = cast(LayerwiseLrState, state).layer_stats
-      state = LayerwiseLrState(_like(_packed_stats(plan, sums, factors), previous))
+      state = LayerwiseLrState(like(packed_stats(plan, sums, factors), previous))
     return _scale_tree(updates, plan, factors), state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -552,7 +402,7 @@ def with_layerwise_lr(inner: optax.GradientTransformation, layers: LayersSpec = 
   def init_fn(params: optax.Params) -> optax.OptState:
     if keep_stats:
       return WithLayerwiseLrState(wrapped.init(params),
-                                  _initial_stats(params, layers, stacked))
+                                  initial_stats(params, layers, stacked))
     make_plan(params, layers, stacked)
     return wrapped.init(params)
 
@@ -565,7 +415,7 @@ def with_layerwise_lr(inner: optax.GradientTransformation, layers: LayersSpec = 
       return _scale_tree(inner_updates, plan, factors), state
     inner_state, previous = cast(WithLayerwiseLrState, state)
     inner_updates, inner_state = wrapped.update(updates, inner_state, params, **extra_args)
-    stats = _like(_packed_stats(plan, sums, factors), previous)
+    stats = like(packed_stats(plan, sums, factors), previous)
     return _scale_tree(inner_updates, plan, factors), WithLayerwiseLrState(inner_state, stats)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

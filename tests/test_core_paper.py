@@ -8,6 +8,8 @@ Caffe (local_rate = t * f_l; the solvers are described in docs/protocols.md):
 with f_l = 1 + ln(1 + 1/||g_l||) from the (decayed) raw gradient.
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,14 +35,23 @@ def _grad(w, k):
           for m, d in w.items()}
 
 
-def _caffe(rule, steps=STEPS, g0=0.1, eps=1e-7):
+class Run(NamedTuple):
+  weights: dict
+  history: dict  # Caffe's h: SGD's momentum history, AdaGrad's G
+  norms: list  # per step, each layer's norm of the decayed gradient
+
+
+def _caffe_run(rule, steps=STEPS, g0=0.1, eps=1e-7):
   w = _init()
   h = {m: {p: (np.full_like(v, g0) if rule == "adagrad" else np.zeros_like(v))
            for p, v in d.items()} for m, d in w.items()}
+  norms = []
   for k in range(steps):
     g = _grad(w, k)
+    norms.append({})
     for m in w:
       gd = {p: g[m][p] + WD * w[m][p] for p in w[m]}
+      norms[-1][m] = np.sqrt(sum(np.sum(v ** 2) for v in gd.values()))
       rate = LR * reference.layer_factor(gd.values())
       for p in w[m]:
         if rule == "sgd":
@@ -53,19 +64,31 @@ def _caffe(rule, steps=STEPS, g0=0.1, eps=1e-7):
         else:
           h[m][p] = h[m][p] + gd[p] ** 2
           w[m][p] = w[m][p] - rate * gd[p] / np.sqrt(h[m][p] + eps)
-  return w
+  return Run(w, h, norms)
 
 
-def _optax(tx, steps=STEPS):
+def _caffe(rule, steps=STEPS, g0=0.1, eps=1e-7):
+  return _caffe_run(rule, steps, g0, eps).weights
+
+
+def _optax_run(tx, steps=STEPS):
+  """The weights, the final state and each step's kept statistics (if any)."""
   w = {m: {p: jnp.asarray(v, jnp.float32) for p, v in d.items()} for m, d in _init().items()}
   state = tx.init(w)
+  stats = []
   for k in range(steps):
     g = {m: {p: jnp.asarray(v, jnp.float32) for p, v in d.items()}
          for m, d in _grad({m: {p: np.asarray(v, np.float64) for p, v in d.items()}
                             for m, d in w.items()}, k).items()}
     updates, state = tx.update(g, state, w)
     w = optax.apply_updates(w, updates)
-  return w
+    if optax.tree_utils.tree_get(state, "layer_stats") is not None:
+      stats.append(dict(lo.layer_stats(state)))
+  return w, state, stats
+
+
+def _optax(tx, steps=STEPS):
+  return _optax_run(tx, steps)[0]
 
 
 def _assert_trees_close(a, b, rtol=2e-5, atol=1e-6):
@@ -82,6 +105,55 @@ def test_eq10_chained_before_optax_sgd_matches_caffe(nesterov):
   _assert_trees_close(_optax(tx), expected)
   _assert_trees_close(_optax(lo.sgd(LR, momentum=MU, nesterov=nesterov, weight_decay=WD)),
                       expected)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_eq10_momentum_history_is_caffes_over_the_learning_rate(nesterov):
+  # optax's trace accumulates the scaled gradients, h / t = mu * h / t + f_l * g; its step
+  # multiplies by -t. Read from the state, not only the weights.
+  expected = _caffe_run("nesterov" if nesterov else "sgd")
+  for tx in (lo.sgd(LR, momentum=MU, nesterov=nesterov, weight_decay=WD, keep_stats=True),
+             optax.chain(optax.add_decayed_weights(WD), lo.scale_by_layerwise_lr(),
+                         optax.sgd(LR, momentum=MU, nesterov=nesterov))):
+    _, state, _ = _optax_run(tx)
+    trace = optax.tree_utils.tree_get(state, "trace")
+    _assert_trees_close(trace, {m: {p: v / LR for p, v in d.items()}
+                                for m, d in expected.history.items()})
+
+
+@pytest.mark.parametrize("rule", ["sgd", "nesterov", "adagrad"])
+def test_kept_stats_are_each_steps_norm_and_factor_of_the_decayed_gradient(rule):
+  tx = (lo.adagrad(LR, weight_decay=WD, keep_stats=True) if rule == "adagrad" else
+        lo.sgd(LR, momentum=MU, nesterov=rule == "nesterov", weight_decay=WD, keep_stats=True))
+  _, _, stats = _optax_run(tx)
+  expected = _caffe_run(rule).norms
+  assert len(stats) == len(expected) == STEPS
+  for got, norms in zip(stats, expected):
+    assert list(got) == list(norms)
+    for m, norm in norms.items():
+      np.testing.assert_allclose(got[m].norm, norm, rtol=2e-5)
+      np.testing.assert_allclose(got[m].factor, reference.factor(norm), rtol=2e-5)
+
+
+def test_eq12_history_is_the_initial_value_plus_the_squared_raw_gradients():
+  # G_k = G_0 + sum_j (g_j + wd w_j)^2: eps enters the root only, never the history, so
+  # swapping initial_accumulator_value and eps is seen in the state.
+  g0, eps = 0.3, 1e-3
+  expected = _caffe_run("adagrad", g0=g0, eps=eps)
+  for tx in (lo.adagrad(LR, initial_accumulator_value=g0, eps=eps, weight_decay=WD),
+             optax.chain(optax.add_decayed_weights(WD),
+                         lo.with_layerwise_lr(optax.adagrad(LR, g0, eps)))):
+    w, state, _ = _optax_run(tx)
+    _assert_trees_close(optax.tree_utils.tree_get(state, "sum_of_squares"), expected.history)
+    _assert_trees_close(w, expected.weights)
+  _, one_step, _ = _optax_run(lo.adagrad(LR, initial_accumulator_value=g0, eps=eps,
+                                         weight_decay=WD), steps=1)
+  first = _caffe_run("adagrad", steps=1, g0=g0, eps=eps).history
+  _assert_trees_close(optax.tree_utils.tree_get(one_step, "sum_of_squares"), first)
+  swapped = lo.adagrad(LR, initial_accumulator_value=eps, eps=g0, weight_decay=WD)
+  with pytest.raises(AssertionError):
+    _assert_trees_close(optax.tree_utils.tree_get(_optax_run(swapped)[1], "sum_of_squares"),
+                        expected.history)
 
 
 def test_eq10_differs_from_plain_sgd():

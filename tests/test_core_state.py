@@ -168,32 +168,6 @@ def test_keep_stats_init_from_abstract_params_gives_zeros_and_ones():
       assert (a.shape, a.dtype) == (b.shape, b.dtype)
 
 
-STATS_OPTIMIZERS = [
-    pytest.param(lambda: lo.sgd(0.1, momentum=0.9, keep_stats=True), id="sgd"),
-    pytest.param(lambda: lo.adagrad(0.1, keep_stats=True), id="adagrad"),
-    pytest.param(lambda: lo.with_layerwise_lr(optax.adam(0.1), keep_stats=True),
-                 id="with_layerwise_lr(adam)")]
-
-
-@pytest.mark.parametrize("make", STATS_OPTIMIZERS)
-def test_tree_map_params_maps_the_parameter_shaped_state_and_keeps_the_stats(make):
-  tx = make()
-  state = tx.init(PARAMS)
-  _, state = tx.update(_grads(PARAMS), state, PARAMS)
-  mapped = optax.tree_utils.tree_map_params(tx, lambda p: p + 100.0, state)
-  assert jax.tree.structure(mapped) == jax.tree.structure(state)
-  _assert_stats_equal(optax.tree_utils.tree_get(mapped, "layer_stats"),
-                      optax.tree_utils.tree_get(state, "layer_stats"))
-  moved = [bool(np.all(np.asarray(a) == np.asarray(b) + 100.0))
-           for a, b in zip(jax.tree.leaves(mapped), jax.tree.leaves(state))]
-  # The momentum/accumulator trees (one leaf per parameter) move, the statistics and counts
-  # do not.
-  n_stats = len(jax.tree.leaves(optax.tree_utils.tree_get(state, "layer_stats")))
-  assert n_stats == 2  # packed: the norms and the factors, one vector each
-  assert sum(moved) >= len(jax.tree.leaves(PARAMS))
-  assert len(moved) - sum(moved) >= n_stats
-
-
 @pytest.mark.parametrize("factory", [lo.sgd, lo.adagrad])
 def test_keep_stats_jits_once_and_works_under_inject_hyperparams(factory):
   tx = optax.inject_hyperparams(factory)(learning_rate=0.1, keep_stats=True)
@@ -257,21 +231,6 @@ def test_injected_weight_decay_needs_params_in_update():
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-@pytest.mark.parametrize("make", STATS_OPTIMIZERS)
-def test_tree_map_params_with_transform_non_params_gives_one_value_for_the_stats(make):
-  # The statistics are one non-parameter subtree: a sharding tree built this way is a
-  # prefix of the state, which jax.device_put and jax.jit's out_shardings accept.
-  tx = make()
-  state = tx.init(PARAMS)
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  shardings = optax.tree_utils.tree_map_params(tx, lambda _: sharding, state,
-                                               transform_non_params=lambda _: sharding)
-  assert optax.tree_utils.tree_get(shardings, "layer_stats") is sharding
-  placed = jax.device_put(state, shardings)
-  jitted = jax.jit(lambda s: s, out_shardings=shardings)(state)
-  assert jax.tree.structure(placed) == jax.tree.structure(jitted) == jax.tree.structure(state)
-
-
 def test_layer_stats_is_a_packed_mapping_equal_to_layer_factors():
   params = {"blocks": {"w": jnp.ones((3, 2))}, "head": {"w": jnp.ones(4), "b": jnp.ones(1)}}
   grads = jax.tree.map(lambda p: p * jnp.arange(1.0, p.size + 1).reshape(p.shape), params)
@@ -283,6 +242,8 @@ def test_layer_stats_is_a_packed_mapping_equal_to_layer_factors():
   expected = lo.layer_factors(grads, stacked="blocks")
   _assert_stats_equal(dict(stats), expected)
   assert stats["blocks"].norm.shape == (3,) and stats["head"].factor.shape == ()
+  assert len(stats) == 2 and "head" in stats and "Head" not in stats and 0 not in stats
+  assert stats.get("Head") is None and repr(stats).startswith("LayerStats({'blocks': ")
   assert len(jax.tree.leaves(state)) == 2
   leaves, treedef = jax.tree.flatten(stats)
   assert list(jax.tree.unflatten(treedef, leaves)) == ["blocks", "head"]
@@ -305,3 +266,27 @@ def test_layer_stats_keep_each_layers_dtype_under_x64():
     assert stats.norms.dtype == jnp.float64
     assert stats["a"].norm.dtype == jnp.float32 and stats["b"].factor.dtype == jnp.float64
     np.testing.assert_allclose(stats["b"].norm, np.sqrt(2.0), rtol=1e-12)
+
+
+def test_layer_stats_finds_the_statistics_in_chained_and_wrapped_states():
+  g = _grads(PARAMS)
+  expected = lo.layer_factors(g)
+  for tx in (lo.sgd(0.1, momentum=0.9, keep_stats=True),
+             optax.chain(optax.clip(1e3), lo.with_layerwise_lr(optax.adam(0.1), keep_stats=True)),
+             optax.inject_hyperparams(lo.adagrad)(learning_rate=0.1, keep_stats=True),
+             optax.MultiSteps(lo.sgd(0.1, keep_stats=True), every_k_schedule=1)):
+    _, state = tx.update(g, tx.init(PARAMS), PARAMS)
+    stats = lo.layer_stats(state)
+    assert isinstance(stats, lo.LayerStats)
+    assert stats is optax.tree_utils.tree_get(state, "layer_stats")
+    _assert_stats_equal(stats, expected)
+
+
+def test_layer_stats_of_a_state_without_or_with_two_sets_is_an_error():
+  with pytest.raises(ValueError, match="holds no layer statistics: build the optimizer with "
+                                       "keep_stats=True"):
+    lo.layer_stats(lo.sgd(0.1, momentum=0.9).init(PARAMS))
+  two = optax.chain(lo.scale_by_layerwise_lr(keep_stats=True),
+                    lo.with_layerwise_lr(optax.sgd(0.1), keep_stats=True))
+  with pytest.raises(ValueError, match="holds 2 sets of layer statistics"):
+    lo.layer_stats(two.init(PARAMS))
