@@ -1,7 +1,8 @@
 """The short table of a ``bench_step --json`` run: one row per tree, one ratio per method.
 
 A cell is the ratio of median step times, ours / optax (``ratio`` in the JSON rows, as
-``bench_step`` computed it), to two decimals; empty where the run did not time that method.
+``bench_step`` computed it), to two decimals; empty where the run did not time that method
+on that tree. A column no tree has (a method the run did not know) is left out.
 Below the table: the state bytes added over optax and the recompiles, summed over every
 tree. The README copies this table; ``tests/test_readme_tables.py`` checks both the copy and
 that the committed ``results/bench/summary.md`` is what this module makes of
@@ -27,7 +28,8 @@ RESULTS = Path(__file__).resolve().parent.parent / "results" / "bench"
 # Column title -> the method row of bench_step that fills it.
 COLUMNS = {
     "SGD": "ours sgd", "Nesterov": "ours nesterov", "AdaGrad (eq. 12)": "ours adagrad eq.12",
-    "optax.lars / sgd": "optax lars", "A/A control": "optax A/A",
+    "optax.lars / sgd": "optax lars", "lars / sgd": "ours lars",
+    "lamb / optax.lamb": "ours lamb", "A/A control": "optax A/A",
     "norm pass alone": "norm pass only",
 }
 
@@ -43,12 +45,14 @@ def summary_table(bench: dict[str, Any]) -> str:
     if row["method"].startswith("ours") and row.get("base_state_bytes") is not None:
       added_state += row["state_bytes"] - row["base_state_bytes"]
     recompiles += row["recompiles"]
+  timed = {method for tree_ratios in ratios.values() for method in tree_ratios}
+  columns = {title: method for title, method in COLUMNS.items() if method in timed}
   lines = [
       f"Step time, ours / optax (median over repetitions): {bench['machine']}.", "",
-      "| tree | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+      "| tree | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
   for tree, tree_ratios in ratios.items():
     cells = [f"{tree_ratios[method]:.2f}" if method in tree_ratios else ""
-             for method in COLUMNS.values()]
+             for method in columns.values()]
     lines.append(f"| {tree} | " + " | ".join(cells) + " |")
   lines += ["", f"State bytes added over optax, all trees: {added_state}. "
             f"Recompiles after the first step, all trees: {recompiles}."]

@@ -96,6 +96,23 @@ def test_hlo_summary_counts_the_norm_pass():
   assert norms["reductions"] == ours["reductions"] and norms["full_size"] == 0
 
 
+def test_hlo_trust_ratio_aliases_read_parameters_and_updates_once_for_their_norms():
+  shapes = _tiny_tree()
+  by_name = {m.name: m for m in methods.methods()}
+  counts = {name: hlo.hlo_summary(by_name[name].tx, shapes)
+            for name in ("optax sgd", "ours lars", "optax lars", "ours lamb", "optax lamb")}
+  norms = hlo.hlo_summary(by_name["norm pass only"].tx, shapes, methods.norm_pass_step)
+  # LARS writes nothing at full size besides SGD's momentum and parameters, reduces the
+  # parameters and the updates (at most twice the norm pass's reductions) and has no
+  # per-layer scalar kernels.
+  ours_lars = counts["ours lars"]
+  assert ours_lars["full_size"] == counts["optax sgd"]["full_size"]
+  assert 0 < ours_lars["reductions"] <= 2 * norms["reductions"] and ours_lars["scalar"] == 0
+  for name in ("lars", "lamb"):
+    assert counts[f"ours {name}"]["kernels"] < counts[f"optax {name}"]["kernels"]
+    assert counts[f"ours {name}"]["full_size"] < counts[f"optax {name}"]["full_size"]
+
+
 def test_training_step_overhead_runs():
   rows = bench_step.bench_training("lenet", reps=5, budget_s=0.0, batch=2)
   assert {r["method"] for r in rows} >= {"ours sgd", "optax sgd"}
