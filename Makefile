@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test test-lowest package-check demo demo-full data bench docs docs-screenshots clean
+.PHONY: test test-thorough test-lowest package-check demo demo-full data bench docs docs-screenshots clean
 
 # uv installs the same packages about 4x faster than pip (18 s against 69 s here); pip
 # (with its own configuration, e.g. local wheels) if uv cannot be had or fails.
@@ -25,6 +25,12 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q -n auto --dist worksteal
 	.ci/test_lowest.sh
 	.ci/check_package.sh
+
+# The property tests' thorough profile: 10,500 new random cases (`make test` runs the same
+# 1,050 every time); a failure prints how to reproduce it.
+test-thorough: $(VENV)/.installed
+	LAYERWISE_OPTAX_PROPERTIES=thorough $(PY) -m pytest -q -n auto -p no:cacheprovider \
+	  tests/test_core_properties.py
 
 test-lowest: $(VENV)/.installed
 	.ci/test_lowest.sh

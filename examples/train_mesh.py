@@ -216,10 +216,6 @@ def state_shardings(problem: Problem, mesh: Mesh, mode: str) -> train.TrainState
   opt_state = optax.tree_utils.tree_map_params(
       problem.setup.tx, lambda _, s: s, problem.state.seed.opt_state, params,
       transform_non_params=lambda _: replicated)
-  # tree_map_params answers one sharding for a whole non-parameter subtree (the layer
-  # statistics): spread it over that subtree's arrays.
-  opt_state = jax.tree.map(lambda sharding, subtree: jax.tree.map(lambda _: sharding, subtree),
-                           opt_state, problem.state.seed.opt_state)
   everything = jax.tree.map(lambda _: replicated, problem.state)
   return everything._replace(seed=everything.seed._replace(params=params,
                                                            opt_state=opt_state))

@@ -1,4 +1,9 @@
-"""Property tests against a NumPy float64 reference of eq. 9 (hypothesis, about 1,000 cases).
+"""Property tests against a NumPy float64 reference of eq. 9 (hypothesis).
+
+Two profiles, chosen by the environment variable ``LAYERWISE_OPTAX_PROPERTIES``: ``ci`` (the
+default, ``make test``) draws the same 25 cases per structure and dtype in every run, 1,050
+in all; ``thorough`` (``make test-thorough``) draws 250 new random cases per structure and
+dtype, 10,500 in all, and prints how to reproduce a failure.
 
 Each case draws the values of a fixed tree structure: per array a kind (finite, all zero,
 with a NaN or an inf), a magnitude from 1e-45 to 1e30, a spread of magnitudes within the
@@ -15,6 +20,7 @@ flushed to zero (XLA on CPU and GPU) or kept (IEEE); each layer must match one o
 from __future__ import annotations
 
 import functools
+import os
 from typing import NamedTuple
 
 import jax
@@ -90,7 +96,16 @@ STRUCTURES = {
 MIXED = (jnp.bfloat16, np.float32, np.float16)
 DTYPES = {"float16": np.float16, "bfloat16": jnp.bfloat16, "float32": np.float32,
           "float64": np.float64, "complex64": np.complex64, "mixed": None}
-EXAMPLES = 25  # per structure and dtype: 7 x 6 x 25 = 1,050 cases
+# Cases per structure and dtype (7 x 6 of them): 25 derandomised (1,050) or 250 random (10,500).
+PROFILES = {
+    "ci": settings(max_examples=25, derandomize=True, database=None, deadline=None,
+                   suppress_health_check=[HealthCheck.too_slow]),
+    "thorough": settings(max_examples=250, derandomize=False, database=None, deadline=None,
+                         print_blob=True, suppress_health_check=[HealthCheck.too_slow]),
+}
+PROFILE = os.environ.get("LAYERWISE_OPTAX_PROPERTIES", "ci")
+if PROFILE not in PROFILES:
+  raise ValueError(f"LAYERWISE_OPTAX_PROPERTIES={PROFILE!r}: choose one of {sorted(PROFILES)}.")
 
 
 def _paths(template):
@@ -282,8 +297,7 @@ def _check_case(structure_name, dtype_name, case):
 def test_properties_against_a_float64_reference(structure_name, dtype_name):
   n_leaves = len(jax.tree.leaves(STRUCTURES[structure_name].template))
 
-  @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-            suppress_health_check=[HealthCheck.too_slow])
+  @PROFILES[PROFILE]
   @given(cases(n_leaves))
   def check(case):
     _check_case(structure_name, dtype_name, case)
@@ -305,3 +319,10 @@ def test_subnormal_gradients_are_flushed_like_optax():
   np.testing.assert_array_equal(flushed, [True, True, False, False])
   np.testing.assert_array_equal(np.asarray(u_ours["w"])[flushed], 0.0)
   assert np.all(np.isfinite(np.asarray(u_ours["w"])))
+
+
+def test_profiles_ci_repeats_its_cases_and_thorough_draws_ten_thousand():
+  n_tests = len(STRUCTURES) * len(DTYPES)
+  ci, thorough = PROFILES["ci"], PROFILES["thorough"]
+  assert ci.derandomize and ci.max_examples * n_tests == 1_050
+  assert not thorough.derandomize and thorough.max_examples * n_tests >= 10_000
