@@ -12,6 +12,7 @@
 # following the quick start would, and runs examples/quickstart.py against the wheel; then
 # installs the `test` extra, as a packager would, and runs the sdist's tests from the unpacked
 # sdist, with its copy of the package removed so that only the wheel can be imported.
+# Python: the venv's, or PACKAGE_PYTHON (e.g. another version the classifiers name).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 uv=${UV:-$(command -v "$repo/.venv/bin/uv" || command -v uv || echo uv)}
@@ -98,7 +99,7 @@ print(f"wheel and sdist {version}: files and metadata as pyproject.toml declares
       f"({len(wheel_files)} and {len(sdist_files)} files)")
 PY
 
-"$uv" venv -q --python "$repo/.venv/bin/python" "$work/venv"
+"$uv" venv -q --python "${PACKAGE_PYTHON:-$repo/.venv/bin/python}" "$work/venv"
 py=$work/venv/bin/python
 "$uv" pip install -q --python "$py" "$wheel"
 cd "$work"
