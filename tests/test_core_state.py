@@ -1,5 +1,7 @@
 """Optimizer state: its structure under inject_hyperparams, and keep_stats=True."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -290,3 +292,10 @@ def test_layer_stats_of_a_state_without_or_with_two_sets_is_an_error():
                     lo.with_layerwise_lr(optax.sgd(0.1), keep_stats=True))
   with pytest.raises(ValueError, match="holds 2 sets of layer statistics"):
     lo.layer_stats(two.init(PARAMS))
+
+
+def test_layer_stats_documented_signature_has_no_internal_arguments():
+  # The optimizers build it; its layout is internal (the docs show ``class LayerStats``).
+  assert str(inspect.signature(lo.LayerStats)) == "()"
+  assert [p for p in lo.LayerStats.__new__.__code__.co_varnames[:4]] == [
+      "cls", "norms", "factors", "_layout"]  # what flax.serialization's restore passes
