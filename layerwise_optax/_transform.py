@@ -180,6 +180,13 @@ def layer_factors(updates: optax.Updates, layers: LayersSpec = "module",
   return _stats(plan, sums, factors)
 
 
+def _check_layers(params: optax.Params, layers: LayersSpec, stacked: StackedSpec) -> None:
+  """Raises at ``init`` for a label tree that does not match the parameters. A tree without
+  arrays, such as ``optax.tree_utils.tree_map_params``'s parameter stand-in, has no layers."""
+  if jax.tree.leaves(params):
+    make_plan(params, layers, stacked)
+
+
 def _scale_tree(tree: optax.Updates, plan: LayerPlan,
                 factors: Sequence[jax.Array]) -> optax.Updates:
   leaves, treedef = jax.tree.flatten(tree)
@@ -324,7 +331,7 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
   def init_fn(params: optax.Params) -> optax.OptState:
     if keep_stats:
       return LayerwiseLrState(initial_stats(params, layers, stacked))
-    make_plan(params, layers, stacked)  # raises early for a mismatched label tree
+    _check_layers(params, layers, stacked)
     return optax.EmptyState()
 
   def update_fn(updates: optax.Updates, state: optax.OptState,
@@ -403,7 +410,7 @@ def with_layerwise_lr(inner: optax.GradientTransformation, layers: LayersSpec = 
     if keep_stats:
       return WithLayerwiseLrState(wrapped.init(params),
                                   initial_stats(params, layers, stacked))
-    make_plan(params, layers, stacked)
+    _check_layers(params, layers, stacked)
     return wrapped.init(params)
 
   def update_fn(updates: optax.Updates, state: optax.OptState,

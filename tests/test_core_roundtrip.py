@@ -167,3 +167,18 @@ def test_the_library_uses_no_private_optax_names():
     text = path.read_text()
     assert "_ParamsPlaceholder" not in text, path.name
     assert not re.search(r"(?<![\w.])optax\.(\w+\.)*_\w", text), path.name
+
+
+@pytest.mark.parametrize("keep_stats", [False, True])
+def test_tree_map_params_with_a_label_tree(keep_stats):
+  # tree_map_params initialises with a stand-in without arrays, which no label tree matches.
+  for tx in (lo.scale_by_layerwise_lr(layers={"Dense_0": "a", "Dense_1": "b"},
+                                      keep_stats=keep_stats),
+             lo.adagrad(0.1, layers={"Dense_0": "a", "Dense_1": "a"}, keep_stats=keep_stats)):
+    _, state = tx.update(_grads(PARAMS, 1), tx.init(PARAMS), PARAMS)
+    mapped = optax.tree_utils.tree_map_params(tx, lambda p: p, state,
+                                             transform_non_params=lambda _: 0)
+    assert jax.tree.structure(mapped) == jax.tree.structure(state)
+  with pytest.raises(ValueError, match="label tree does not match"):
+    lo.scale_by_layerwise_lr(layers={"Dense_0": "a"}, keep_stats=keep_stats).init(
+        {"other": jnp.ones(2)})
