@@ -1,9 +1,9 @@
 """LeNet with layer-specific learning rates on a device mesh: data parallel and FSDP, on one
 process or several.
 
-Trains the paper's LeNet (``examples/paper``: Fashion-MNIST, the MNIST protocol, batch 64,
+Trains the paper's LeNet (``experiments``: Fashion-MNIST, the MNIST protocol, batch 64,
 ``sgd+layer`` by default) with the harness's own training step
-(:func:`examples.paper.train.make_train_step`) once on one device and once on an N-device
+(:func:`experiments.train.make_train_step`) once on one device and once on an N-device
 mesh, from the same initial parameters on the same global batches. The optimizer code is
 the same in both runs: under ``jax.jit`` with sharded arrays every norm is the whole
 layer's, so no ``axis_name`` is needed.
@@ -34,7 +34,8 @@ set before jax starts a backend). ``--processes P`` runs the mesh over P local p
 N/P devices each, with JAX's multi-controller runtime (``jax.distributed``, a coordinator
 on 127.0.0.1, gloo collectives between the CPU devices): this command starts the P
 processes, process 0 prints the report, and if one of them fails the others are stopped
-with one line saying which (the launcher: ``examples/mesh_processes.py``). On several
+with one line saying which (the launcher: ``examples/mesh_processes.py``); a signal to the
+command (Ctrl-C, SIGTERM) stops them all with one line, and they die with it. On several
 hosts, run one process per host with ``--process-id I --coordinator HOST0:PORT`` (see
 docs/scale_out.md)::
 
@@ -42,13 +43,16 @@ docs/scale_out.md)::
   python -m examples.train_mesh --devices 8 --processes 2 --methods sgd+layer,adagrad+layer
 
 Needs Fashion-MNIST in /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist)
-or ``--data-dir`` (see ``examples/paper/data.py``); ``--synthetic`` uses random images.
+or ``--data-dir`` (see ``experiments/data.py``); ``--synthetic`` uses random images.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import tempfile
 import time
 from typing import Any, NamedTuple, NoReturn
 
@@ -74,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--mode", choices=("dp", "fsdp", "both"), default="both")
   p.add_argument("--iters", type=cli.positive_int, default=100)
   p.add_argument("--methods", default="sgd+layer",
-                 help="comma-separated methods of examples/paper, e.g. sgd+layer,nag+layer")
+                 help="comma-separated methods of experiments, e.g. sgd+layer,nag+layer")
   p.add_argument("--batch", type=cli.positive_int, default=None,
                  help="global batch size (default: the MNIST protocol's 64), a multiple of N")
   p.add_argument("--synthetic", action="store_true",
@@ -109,14 +113,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     if getattr(args, name) is not None and not getattr(args, name) > 0:
       p.error(f"--{name.replace('_', '-')} must be > 0")
   mesh_processes.check_arguments(p, args)
+  if args.json is not None and (problem := unwritable(args.json)):
+    p.error(f"cannot write --json {args.json} ({problem})")
   return args
+
+
+def unwritable(path: str) -> str | None:
+  """Why a file cannot be written at ``path`` (atomically: a temporary file beside it and
+  a rename), or None."""
+  if os.path.isdir(path):
+    return "a folder"
+  try:
+    with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path))):
+      pass
+  except OSError as e:
+    return e.strerror or type(e).__name__
+  return None
 
 
 # --- the runtime, the data, the two layouts ---------------------------------------------
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, status: int = 1) -> NoReturn:
   print(f"{PROG}: {message}", file=sys.stderr)
-  sys.exit(1)
+  sys.exit(status)
 
 
 def start_runtime(args: argparse.Namespace) -> list:
@@ -126,7 +145,7 @@ def start_runtime(args: argparse.Namespace) -> list:
   jax.config.update("jax_enable_x64", args.x64)
   jax.config.update("jax_default_matmul_precision", "highest")
   if args.processes > 1:
-    mesh_processes.join(args)
+    mesh_processes.join(args.process_id, args.processes, args.coordinator, args.timeout)
   devices = jax.devices()
   if len(devices) != args.devices:  # e.g. one GPU: use the simulated CPU devices
     devices = jax.devices("cpu")
@@ -281,24 +300,23 @@ def train_one_device(problem: Problem, step, device) -> train.TrainState:
 
 class MeshRun(NamedTuple):
   final: train.TrainState  # numpy
-  diffs: list[StepDiffs]  # per step; empty on the processes that do not compare
+  diffs: list[StepDiffs]  # per step
   kept: bool  # parameters and optimizer state kept their shardings
   seconds: float
 
 
 def train_mesh(problem: Problem, shardings, step, reference, args) -> MeshRun:
-  """Trains on the mesh; after each step, process 0 runs the one-device step from the
-  mesh's state before it (``reference(state) -> state``) and compares."""
+  """Trains on the mesh; after each step, runs the one-device step from the mesh's state
+  before it (``reference(state) -> state``) and compares."""
   state = put(problem.state, shardings)
   x, y = put((problem.train_x, problem.train_y), (shardings.order, shardings.order))
   diffs, start, before = [], time.perf_counter(), problem.state
   for k in range(args.iters):
     state = jax.block_until_ready(step(state, x, y))
     if k == 0:
-      mesh_processes.fault_drill(args)
+      mesh_processes.fault_drill(args.fail_process)
     after = to_host(state, shardings.order)
-    if jax.process_index() == 0:
-      diffs.append(step_diffs(before.seed, after.seed, reference(before).seed, k))
+    diffs.append(step_diffs(before.seed, after.seed, reference(before).seed, k))
     before = after
   seconds = time.perf_counter() - start
   kept = all(a.sharding.is_equivalent_to(s, a.ndim) for a, s in zip(
@@ -375,14 +393,17 @@ def failed_checks(args: argparse.Namespace, summary: dict) -> list[str]:
 
 
 def compare(args, method: str, images, labels, devices) -> list[dict]:
-  """Both layouts of one method against one device; their summaries on process 0."""
+  """Both layouts of one method against one device; their summaries, printed by process 0.
+
+  Every process computes the one-device runs too, so that all reach each collective
+  together: gloo gives up on a peer that is 30 s late to its first collective.
+  """
   problem = make_problem(args, method, images, labels)
-  compares = jax.process_index() == 0
   one = jax.local_devices(backend=devices[0].platform)[0]
   one_step = jit_train_one(problem.setup.model, problem.setup)
   reference = lambda state: jax.device_get(one_step(
       jax.device_put(state, one), *jax.device_put((problem.train_x, problem.train_y), one)))
-  ref = train_one_device(problem, one_step, one) if compares else None
+  ref = train_one_device(problem, one_step, one)
   mesh = Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
   summaries = []
   for mode in ("dp", "fsdp") if args.mode == "both" else (args.mode,):
@@ -391,8 +412,8 @@ def compare(args, method: str, images, labels, devices) -> list[dict]:
     shardings = state_shardings(problem, mesh, mode)
     run = train_mesh(problem, shardings, jit_train_one(model, problem.setup),
                      reference, args)
-    if compares:
-      summaries.append(summarize(method, mode, problem, shardings, run, ref))
+    summaries.append(summarize(method, mode, problem, shardings, run, ref))
+    if jax.process_index() == 0:
       print_summary(args, summaries[-1])
   return summaries
 
@@ -417,13 +438,22 @@ def write_json(path: str, argv: list[str], summaries: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
+  launches = mesh_processes.launches(args)
+  # The launcher ends its processes on SIGTERM too; a process it started dies by SIGTERM.
+  mesh_processes.handle_signals((signal.SIGINT, signal.SIGTERM) if launches else
+                                (signal.SIGINT,))
   try:
-    if mesh_processes.launches(args):
+    images, labels = load_images(args)  # checked by the launcher too, before any process
+    if launches:
       return mesh_processes.launch(MODULE, PROG, argv, args)
-    devices = start_runtime(args)
+    return run(args, argv, images, labels)
   except mesh_processes.ProcessError as e:
-    fail(str(e))
-  images, labels = load_images(args)
+    fail(str(e), e.status)
+
+
+def run(args: argparse.Namespace, argv: list[str], images, labels) -> int:
+  """Every method and layout against one device, on this process's part of the mesh."""
+  devices = start_runtime(args)
   print_header(args, devices)
   summaries = [summary for method in args.methods
                for summary in compare(args, method, images, labels, devices)]

@@ -1,10 +1,19 @@
-"""Multi-device checks on 8 simulated CPU devices, run by ``tests/test_sharding.py``.
+"""Multi-device checks on 8 simulated CPU devices, run by ``tests/test_sharding.py``, and
+those marked ``across_processes`` on 2 processes of 4 devices, run by
+``tests/test_multiprocess.py``.
 
 The device count is fixed when jax starts, so ``test_sharding.py`` runs this module in a
 subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``. By hand::
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
     python -m pytest -q tests/_multidevice_checks.py
+
+With ``MULTIDEVICE_PROCESSES=2``, ``MULTIDEVICE_PROCESS_ID=I`` and
+``MULTIDEVICE_COORDINATOR=127.0.0.1:PORT`` this module joins JAX's multi-controller runtime
+as process I, with 4 local devices (gloo collectives); ``test_multiprocess.py`` runs it so
+in two processes, ``-m across_processes``: the same tests in the same order, so their
+collectives meet. The meshes then alternate the processes' devices, so every split axis
+spans both processes, and arrays are compared whole (gathered).
 
 Every check compares with the same optimizer on one device and the whole arrays. The trees
 are tiny and the cases few: each 8-device compilation costs about a second on a busy CPU.
@@ -13,19 +22,29 @@ are tiny and the cases few: each 8-device compilation costs about a second on a 
 from __future__ import annotations
 
 import functools
+import os
 import re
 
 import jax
 import numpy as np
 import optax
 import pytest
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import layerwise_optax as lo
-from tests import reference
+from examples import mesh_processes
+from tests import commands, reference
+
+if (processes := int(os.environ.get("MULTIDEVICE_PROCESSES", "1"))) > 1:  # before any backend
+  jax.config.update("jax_num_cpu_devices", 8 // processes)
+  host, _, port = os.environ["MULTIDEVICE_COORDINATOR"].rpartition(":")
+  mesh_processes.join(int(os.environ["MULTIDEVICE_PROCESS_ID"]), processes, (host, int(port)),
+                      int(commands.limit()))
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="fewer than 8 devices")
+across_processes = pytest.mark.across_processes
 
 shard_map = getattr(jax, "shard_map", None)
 if shard_map is None:  # older jax
@@ -112,14 +131,28 @@ def numpy_norms(grads):
   return norms
 
 
+def mesh_devices():
+  """The first 8 devices; with several processes, alternately each process's."""
+  by_process: dict[int, list] = {}
+  for device in jax.devices()[:8]:
+    by_process.setdefault(device.process_index, []).append(device)
+  return [device for group in zip(*by_process.values()) for device in group]
+
+
+def host(tree):
+  """numpy copies of the whole arrays, also of those spread over several processes."""
+  return jax.tree.map(
+      lambda x: multihost_utils.process_allgather(x, tiled=True)
+      if isinstance(x, jax.Array) and not x.is_fully_addressable else np.asarray(x), tree)
+
+
 def assert_trees_close(actual, expected, rtol=RTOL, atol=ATOL):
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b),
-                                                       rtol=rtol, atol=atol),
-               actual, expected)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=atol),
+               host(actual), host(expected))
 
 
 def max_rel_diff(actual, expected):
-  pairs = zip(jax.tree.leaves(actual), jax.tree.leaves(expected))
+  pairs = zip(jax.tree.leaves(host(actual)), jax.tree.leaves(host(expected)))
   return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(b)))
              for a, b in pairs)
 
@@ -154,15 +187,17 @@ def test_collective_parser():
 # --- jax.jit over NamedSharding: reductions are global, no axis_name --------------------
 
 # Auto axes are Mesh(...)'s default, Explicit axes jax.make_mesh's (jax >= 0.7).
-JIT_CASES = [("fsdp", "sgd", AxisType.Auto), ("fsdp", "adagrad", AxisType.Auto),
-             ("tp", "sgd", AxisType.Auto), ("tp", "adagrad", AxisType.Auto),
+JIT_CASES = [pytest.param("fsdp", "sgd", AxisType.Auto, marks=across_processes),
+             ("fsdp", "adagrad", AxisType.Auto),
+             pytest.param("tp", "sgd", AxisType.Auto, marks=across_processes),
+             pytest.param("tp", "adagrad", AxisType.Auto, marks=across_processes),
              ("dp", "sgd", AxisType.Auto), ("fsdp", "adagrad", AxisType.Explicit)]
 
 
 @pytest.mark.parametrize("layout,opt,axis_type", JIT_CASES)
 def test_jit_sharded_update(layout, opt, axis_type):
   """Same updates as one device, every sharding kept, only per-layer scalars all-reduced."""
-  mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ALL, axis_types=(axis_type,) * 2)
+  mesh = Mesh(np.array(mesh_devices()).reshape(2, 4), ALL, axis_types=(axis_type,) * 2)
   shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), LAYOUTS[layout])
   params = jax.device_put(make_params(), shardings)
   grads_seq = [jax.device_put(make_grads(s), shardings) for s in GRAD_SEEDS]
@@ -257,7 +292,8 @@ def state_specs(state, params, specs):
 def shard_map_run(opt, mesh_kind, with_axis_name):
   """Two FSDP steps inside shard_map, every array split over the whole mesh."""
   sizes, names, axis = SHARD_MAP_MESHES[mesh_kind]
-  mesh = jax.make_mesh(sizes, names, axis_types=(AxisType.Explicit,) * len(names))
+  mesh = Mesh(np.array(mesh_devices()).reshape(sizes), names,
+              axis_types=(AxisType.Explicit,) * len(names))
   specs = fsdp_specs(axis)
   shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
   params = jax.device_put(make_params(), shardings)
@@ -268,9 +304,10 @@ def shard_map_run(opt, mesh_kind, with_axis_name):
     st_specs = state_specs(state, params, specs)
     step = jax.jit(shard_map(opt_step(tx), mesh=mesh, in_specs=(specs, st_specs, specs),
                              out_specs=(specs, specs, st_specs)))
-    return jax.device_get(run_steps(step, params, state, grads_seq)[:2])
+    return host(run_steps(step, params, state, grads_seq)[:2])
 
 
+@across_processes
 @pytest.mark.parametrize("opt,mesh_kind", [("sgd", "1d"), ("adagrad", "2d")])
 def test_shard_map_with_axis_name(opt, mesh_kind):
   """With axis_name (a name or a tuple of names) the updates are the single-device ones."""
@@ -286,7 +323,7 @@ def test_shard_map_without_axis_name_differs():
   _, got_updates = shard_map_run("sgd", "1d", False)
   assert max_rel_diff(got_updates, one_device_run("sgd")[1]) > 0.05
   # layer_factors without axis_name: device i reports the norms of its own blocks.
-  norms = jax.device_get(_shard_map_norms(None))
+  norms = host(_shard_map_norms(None))
   grads = make_grads(GRAD_SEEDS[-1])
   for i in range(8):
     block = jax.tree.map(lambda x, i=i: np.split(x, 8, axis=1 if x.ndim == 3 else 0)[i], grads)
@@ -294,7 +331,7 @@ def test_shard_map_without_axis_name_differs():
 
 
 def _shard_map_norms(local_axis_name):
-  mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+  mesh = Mesh(np.array(mesh_devices()), ("x",), axis_types=(AxisType.Explicit,))
   specs = fsdp_specs("x")
   grads = jax.device_put(make_grads(GRAD_SEEDS[-1]),
                          jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
@@ -309,9 +346,10 @@ def _shard_map_norms(local_axis_name):
     return jax.jit(shard_map(norms, mesh=mesh, in_specs=(specs,), out_specs=out_specs))(grads)
 
 
+@across_processes
 def test_shard_map_layer_factors():
   """layer_factors with axis_name: whole-layer norms, the same on every device."""
-  norms = jax.device_get(_shard_map_norms("x"))
+  norms = host(_shard_map_norms("x"))
   assert_trees_close(norms, numpy_norms(make_grads(GRAD_SEEDS[-1])), rtol=1e-5)
 
 

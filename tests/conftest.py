@@ -15,6 +15,7 @@ TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def pytest_configure(config):
-  del config
+  # The cases of _multidevice_checks.py that test_multiprocess.py runs on two processes.
+  config.addinivalue_line("markers", "across_processes: run across two processes too")
   if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()

@@ -10,22 +10,18 @@ device.
 
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-CHECKS = "tests/_multidevice_checks.py"  # relative to ROOT, the subprocess's folder
+from tests import commands
+
+CHECKS = "tests/_multidevice_checks.py"  # relative to the repository root, the subprocess's
 
 
 def test_multidevice_checks():
-  env = dict(os.environ)
-  flags = env.get("XLA_FLAGS", "")
-  env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8".strip()
-  env["JAX_PLATFORMS"] = "cpu"  # simulated devices exist on the CPU backend only
-  proc = subprocess.run(
-      [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", CHECKS],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  flags = os.environ.get("XLA_FLAGS", "")
+  # Simulated devices exist on the CPU backend only.
+  env = commands.cpu_env(XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=8".strip())
+  proc = commands.run(commands.python("-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                                      CHECKS), env=env)
   out = proc.stdout + proc.stderr
   assert proc.returncode == 0, out
   assert "fewer than 8 devices" not in out, out  # a skipped module must not pass silently

@@ -2,33 +2,27 @@
 errors and its step comparison.
 
 The command sets the CPU device count itself before jax starts a backend, so it runs in a
-subprocess; the rest of the suite keeps its single device. Tiny run: 4 iterations, global
+subprocess; the rest of the suite keeps its single device. Tiny run: 3 iterations, global
 batch 16, random images, float64 (the trajectories are judged there). The multi-process
 runs are in ``test_multiprocess.py``.
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from examples import train_mesh
+from tests import commands
 
-ROOT = Path(__file__).resolve().parents[1]
-ITERS = 4
+ITERS = 3
 
 
 def test_dp_and_fsdp_match_one_device_float64(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")  # conftest's XLA flags pass through
-  proc = subprocess.run(
-      [sys.executable, "-m", "examples.train_mesh", "--devices", "8", "--mode", "both",
-       "--iters", str(ITERS), "--batch", "16", "--synthetic", "--x64",
-       "--json", str(tmp_path / "mesh.json")],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  proc = commands.run(commands.python(
+      "-m", "examples.train_mesh", "--devices", "8", "--mode", "both", "--iters", str(ITERS),
+      "--batch", "16", "--synthetic", "--x64", "--json", str(tmp_path / "mesh.json")),
+      env=commands.cpu_env())
   out = proc.stdout + proc.stderr
   assert proc.returncode == 0, out
   assert "float64" in out and "mesh of 8 cpu devices in 1 process(es)" in out, out
@@ -51,6 +45,16 @@ def test_dp_and_fsdp_match_one_device_float64(tmp_path):
     (["--iters", "0"], "must be at least 1"),
     (["--step-tol", "-1"], "--step-tol must be > 0"),
     (["--processes", "2", "--process-id", "2", "--coordinator", "h:1"], "--process-id must"),
+    # The launcher's options (examples/mesh_processes.py; their faults: test_launcher_faults).
+    (["--processes", "2", "--port", "70000"], "argument --port: 70000 is not in 1..65535"),
+    (["--processes", "2", "--port", "0"], "argument --port: 0 is not in 1..65535"),
+    (["--processes", "2", "--fail-process", "2"], "--fail-process must be in 0..1"),
+    (["--processes", "2", "--fail-process", "-1"], "--fail-process: -1 must be at least 0"),
+    (["--processes", "2", "--process-id", "0", "--coordinator", "host"], "is not HOST:PORT"),
+    (["--processes", "2", "--process-id", "0", "--coordinator", "h:65536"], "not in 1..65535"),
+    (["--processes", "2", "--process-id", "1", "--coordinator", "h:1", "--port", "5"],
+     "--port is for the launcher"),
+    (["--json", "/proc/no/such/folder/x.json"], "cannot write --json /proc/no/such/folder"),
 ])
 def test_usage_errors(args, message, capsys):
   with pytest.raises(SystemExit) as exit_info:
