@@ -447,6 +447,12 @@ def main(argv: list[str] | None = None) -> int:
     if launches:
       return mesh_processes.launch(MODULE, PROG, argv, args)
     return run(args, argv, images, labels)
+  except mesh_processes.Interrupted as e:
+    if launches:
+      fail(str(e), e.status)
+    print(f"{PROG}: process {args.process_id} of {args.processes} {e}", file=sys.stderr,
+          flush=True)
+    os._exit(e.status)  # no shutdown of the runtime, which would wait for the others
   except mesh_processes.ProcessError as e:
     fail(str(e), e.status)
 

@@ -152,6 +152,32 @@ def test_a_process_started_by_hand_alone(process_id, message):
   assert one_error_line(proc.returncode, proc.stderr) == message.format(port=port)
 
 
+def test_a_process_started_by_hand_interrupted():
+  """Ctrl-C to process 0 while it waits for its peer: one line, exit status 130."""
+  port = mesh_processes.free_port()
+  argv = train_mesh_argv(*SMALL, "--process-id", "0", "--coordinator", f"127.0.0.1:{port}",
+                         "--timeout", HEARTBEAT)
+  proc = subprocess.Popen(argv, cwd=commands.ROOT, env=commands.cpu_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    def listening():
+      if proc.poll() is not None:
+        return False  # ended before
+      try:
+        socket.create_connection(("127.0.0.1", port)).close()  # a stranger: not counted
+        return True
+      except OSError:
+        return None
+    assert commands.poll_until(listening, f"process 0 listening on port {port}"), (
+        proc.stderr.read())
+    proc.send_signal(signal.SIGINT)
+    status = commands.wait(proc)
+  finally:
+    proc.kill()
+  assert one_error_line(status, proc.stderr.read(), 130) == (
+      "train_mesh: process 0 of 2 interrupted by SIGINT")
+
+
 @pytest.fixture
 def busy_port():
   with socket.socket() as s:
