@@ -6,6 +6,7 @@ import copy
 import pathlib
 import pickle
 import re
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,13 +45,21 @@ def _grads(params, k):
   return jax.tree.map(lambda p: (1.0 + k) * (jnp.cos(p) + 0.1 * k), params)
 
 
+class _Trained(NamedTuple):
+  tx: object
+  params: dict
+  state: object
+  update: object  # tx.update, jitted
+
+
 def _trained(name, steps=3):
   make, params = OPTIMIZERS[name]
   tx = make()
+  update = jax.jit(tx.update)
   state = tx.init(params)
   for k in range(steps):
-    _, state = tx.update(_grads(params, k), state, params)
-  return tx, params, state
+    _, state = update(_grads(params, k), state, params)
+  return _Trained(tx, params, state, update)
 
 
 def _assert_same_state(restored, state):
@@ -65,11 +74,11 @@ def _assert_same_state(restored, state):
     np.testing.assert_array_equal(got[name].factor, expected[name].factor)
 
 
-def _assert_trains_on_alike(tx, params, restored, state):
+def _assert_trains_on_alike(trained, restored):
   """One more step from the restored state gives what it gives from the original."""
-  g = _grads(params, 7)
-  u_restored, s_restored = jax.jit(tx.update)(g, restored, params)
-  u_state, s_state = jax.jit(tx.update)(g, state, params)
+  g = _grads(trained.params, 7)
+  u_restored, s_restored = trained.update(g, restored, trained.params)
+  u_state, s_state = trained.update(g, trained.state, trained.params)
   for a, b in zip(jax.tree.leaves((u_restored, s_restored)), jax.tree.leaves((u_state, s_state))):
     np.testing.assert_array_equal(a, b)
 
@@ -77,11 +86,12 @@ def _assert_trains_on_alike(tx, params, restored, state):
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_flax_serialization_round_trip(name):
   serialization = pytest.importorskip("flax.serialization")
-  tx, params, state = _trained(name)
+  trained = _trained(name)
+  tx, params, state, _ = trained
   data = serialization.to_bytes(state)
   restored = serialization.from_bytes(tx.init(params), data)
   _assert_same_state(restored, state)
-  _assert_trains_on_alike(tx, params, restored, state)
+  _assert_trains_on_alike(trained, restored)
   # The state dict names the statistics' two vectors like any other arrays of the state.
   as_dict = serialization.to_state_dict(state)
   assert "'norms'" in repr(as_dict) and "'factors'" in repr(as_dict)
@@ -90,27 +100,29 @@ def test_flax_serialization_round_trip(name):
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_orbax_save_and_restore(name, tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
-  tx, params, state = _trained(name)
+  trained = _trained(name)
+  tx, params, state, _ = trained
   abstract = jax.eval_shape(tx.init, params)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(tmp_path / "state", state)
     checkpointer.wait_until_finished()
     restored = checkpointer.restore(tmp_path / "state", abstract)
   _assert_same_state(restored, state)
-  _assert_trains_on_alike(tx, params, restored, state)
+  _assert_trains_on_alike(trained, restored)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_pickle_and_copy_round_trip(name):
-  tx, params, state = _trained(name)
+  trained = _trained(name)
+  tx, params, state, _ = trained
   for restored in (pickle.loads(pickle.dumps(state)), copy.deepcopy(state), copy.copy(state)):
     _assert_same_state(restored, state)
-  _assert_trains_on_alike(tx, params, pickle.loads(pickle.dumps(state)), state)
+  _assert_trains_on_alike(trained, pickle.loads(pickle.dumps(state)))
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_tree_map_params_with_transform_non_params_gives_the_states_structure(name):
-  tx, params, state = _trained(name)
+  tx, params, state, _ = _trained(name)
   mapped = optax.tree_utils.tree_map_params(tx, lambda _: "param", state,
                                            transform_non_params=lambda _: "other")
   assert jax.tree.structure(mapped) == jax.tree.structure(state)
@@ -134,7 +146,7 @@ def test_tree_map_params_with_transform_non_params_gives_the_states_structure(na
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_tree_map_params_maps_the_parameter_shaped_state_and_keeps_the_stats(name):
-  tx, params, state = _trained(name)
+  tx, params, state, _ = _trained(name)
   mapped = optax.tree_utils.tree_map_params(tx, lambda p: p + 100.0, state)
   assert jax.tree.structure(mapped) == jax.tree.structure(state)
   got, expected = lo.layer_stats(mapped), lo.layer_stats(state)
