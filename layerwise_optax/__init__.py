@@ -26,6 +26,7 @@ __all__ = [
     "scale_by_layerwise_lr",
     "scale_by_trust_ratio",
     "sgd",
+    "trust_ratio_stats",
     "with_layerwise_lr",
 ]
 
@@ -44,4 +45,5 @@ from layerwise_optax._trust_ratio import (
     TrustRatioState,
     TrustRatioStats,
     scale_by_trust_ratio,
+    trust_ratio_stats,
 )

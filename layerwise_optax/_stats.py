@@ -17,8 +17,8 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple, TypeAlias
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple, TypeAlias, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -103,7 +103,88 @@ def _offsets(layout: Layout) -> dict[str, tuple[int, tuple[int, ...], str]]:
   return where
 
 
-class LayerStats(tuple, Mapping[str, LayerFactor]):
+class PackedStats(tuple):
+  """Per-layer statistics packed as vectors: a tuple ``(*vectors, layout)`` read as a mapping
+  ``{layer name: record}``, where a record holds each vector's entries of that layer.
+
+  A subclass names its fields (``_fields``: the vectors', then ``"_layout"``) and its record
+  type (``_record``, a named tuple with one field per vector); it is then a pytree whose
+  leaves are the vectors and whose static part is the layout, and a named tuple to
+  ``flax.serialization``. ``_layout`` None: no layers, open (see :class:`_OpenLayout`); the
+  vectors may be any pytree values (``tree_map_params`` puts shardings there).
+  """
+
+  __slots__ = ()
+  # The named-tuple protocol flax.serialization reads (its restore calls ``cls(**fields)``).
+  _fields: ClassVar[tuple[str, ...]] = ("_layout",)
+  _record: ClassVar[Callable[..., Any]] = tuple
+  # Built by the optimizers: the documented signature has no internal arguments.
+  __signature__: ClassVar[inspect.Signature] = inspect.Signature()
+
+  def __init_subclass__(cls, **kwargs: Any) -> None:
+    super().__init_subclass__(**kwargs)
+    keys = tuple(jax.tree_util.GetAttrKey(f) for f in cls._fields[:-1])
+
+    def flatten_with_keys(stats: PackedStats) -> tuple[tuple[tuple[Any, Any], ...], Any]:
+      layout = stats._layout
+      return tuple(zip(keys, stats._vectors)), _OpenLayout() if layout is None else layout
+
+    def flatten(stats: PackedStats) -> tuple[tuple[Any, ...], Any]:
+      children, layout = flatten_with_keys(stats)
+      return tuple(child for _, child in children), layout
+
+    def unflatten(layout: Layout | _OpenLayout, children: Iterable[Any]) -> PackedStats:
+      open_layout = isinstance(layout, _OpenLayout)
+      return cast(Any, cls)(*children, layout.layout if open_layout else layout)
+
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+
+  @property
+  def _vectors(self) -> tuple[Any, ...]:
+    return tuple(tuple.__getitem__(self, i) for i in range(len(self._fields) - 1))
+
+  @property
+  def _layout(self) -> Layout | None:
+    return tuple.__getitem__(self, len(self._fields) - 1)
+
+  @property
+  def _entries(self) -> Layout:
+    return self._layout or ()
+
+  def __getnewargs__(self) -> tuple[Any, ...]:  # pickle and copy: the fields
+    return tuple(tuple.__getitem__(self, i) for i in range(len(self._fields)))
+
+  # A mapping by layer name, not a sequence: the fields are read by attribute.
+  def __getitem__(self, name: str) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
+    start, shape, dtype = _offsets(self._entries)[name]
+    size = math.prod(shape)
+    return self._record(*(v[start:start + size].reshape(shape).astype(dtype)
+                          for v in self._vectors))
+
+  def __iter__(self) -> Iterator[str]:
+    return (name for name, _, _ in self._entries)
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def __contains__(self, name: object) -> bool:
+    return name in _offsets(self._entries)
+
+  # Compared and hashed as an object, not as a tuple of arrays.
+  def __eq__(self, other: object) -> bool:
+    return self is other
+
+  def __ne__(self, other: object) -> bool:
+    return self is not other
+
+  def __hash__(self) -> int:
+    return object.__hash__(self)
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}({dict((n, self[n]) for n in self)!r})"
+
+
+class LayerStats(PackedStats, Mapping[str, LayerFactor]):
   r"""The per-layer statistics a ``keep_stats=True`` state holds: a read-only mapping
   ``{layer name: LayerFactor(norm, factor)}``, like the dict :func:`layer_factors` returns.
 
@@ -139,14 +220,10 @@ class LayerStats(tuple, Mapping[str, LayerFactor]):
   """
 
   __slots__ = ()
-  # The named-tuple protocol flax.serialization reads (its restore calls ``cls(**fields)``).
   _fields: ClassVar[tuple[str, ...]] = ("norms", "factors", "_layout")
-  # Built by the optimizers: the documented signature has no internal arguments.
-  __signature__: ClassVar[inspect.Signature] = inspect.Signature()
+  _record: ClassVar[Callable[..., Any]] = LayerFactor
 
   def __new__(cls, norms: Any, factors: Any, _layout: Layout | None) -> LayerStats:
-    # ``_layout`` None: no layers, open (see _OpenLayout). The vectors may be any pytree
-    # values (tree_map_params puts shardings there).
     return super().__new__(cls, (norms, factors, _layout))
 
   @property
@@ -157,65 +234,8 @@ class LayerStats(tuple, Mapping[str, LayerFactor]):
   def factors(self) -> jax.Array:
     return tuple.__getitem__(self, 1)
 
-  @property
-  def _layout(self) -> Layout | None:
-    return tuple.__getitem__(self, 2)
-
-  @property
-  def _entries(self) -> Layout:
-    return self._layout or ()
-
-  def __getnewargs__(self) -> tuple[Any, ...]:  # pickle and copy: the three fields
-    return tuple(tuple.__getitem__(self, i) for i in range(3))
-
-  # A mapping by layer name, not a sequence: the three fields are read by attribute.
   def __getitem__(self, name: str) -> LayerFactor:  # pyright: ignore[reportIncompatibleMethodOverride]
-    start, shape, dtype = _offsets(self._entries)[name]
-    size = math.prod(shape)
-    return LayerFactor(*(v[start:start + size].reshape(shape).astype(dtype)
-                         for v in (self.norms, self.factors)))
-
-  def __iter__(self) -> Iterator[str]:
-    return (name for name, _, _ in self._entries)
-
-  def __len__(self) -> int:
-    return len(self._entries)
-
-  def __contains__(self, name: object) -> bool:
-    return name in _offsets(self._entries)
-
-  # Compared and hashed as an object, not as a tuple of arrays.
-  def __eq__(self, other: object) -> bool:
-    return self is other
-
-  def __ne__(self, other: object) -> bool:
-    return self is not other
-
-  def __hash__(self) -> int:
-    return object.__hash__(self)
-
-  def __repr__(self) -> str:
-    return f"LayerStats({dict(self.items())!r})"
-
-
-def _flatten_with_keys(stats: LayerStats) -> tuple[tuple[tuple[Any, Any], ...], Any]:
-  layout = stats._layout
-  keys = (jax.tree_util.GetAttrKey("norms"), jax.tree_util.GetAttrKey("factors"))
-  return tuple(zip(keys, (stats.norms, stats.factors))), (
-      _OpenLayout() if layout is None else layout)
-
-
-def _flatten(stats: LayerStats) -> tuple[tuple[Any, Any], Any]:
-  children, layout = _flatten_with_keys(stats)
-  return tuple(child for _, child in children), layout
-
-
-def _unflatten(layout: Layout | _OpenLayout, children: Iterable[Any]) -> LayerStats:
-  norms, factors = children
-  return LayerStats(norms, factors, layout.layout if isinstance(layout, _OpenLayout) else layout)
-
-
-jax.tree_util.register_pytree_with_keys(LayerStats, _flatten_with_keys, _unflatten, _flatten)
+    return super().__getitem__(name)
 
 
 def _layout_of(like: Sequence[jax.ShapeDtypeStruct | jax.Array],
@@ -300,12 +320,20 @@ def layer_stats(state: optax.OptState) -> LayerStats:
     Singh et al., "Layer-Specific Adaptive Learning Rates for Deep Networks", ICMLA 2015,
     arXiv:1510.04609, eq. 9.
   """
-  found = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, LayerStats))
-           if isinstance(x, LayerStats)]
+  return find_stats(state, LayerStats, "layer statistics", "layer_stats")
+
+
+StatsT = TypeVar("StatsT", bound=PackedStats)
+
+
+def find_stats(state: optax.OptState, kind: type[StatsT], what: str, field: str) -> StatsT:
+  """The one ``kind`` of statistics in ``state`` (kept in a state field named ``field``)."""
+  found = [x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, kind))
+           if isinstance(x, kind)]
   if not found:
-    raise ValueError("the optimizer state holds no layer statistics: build the optimizer "
-                     "with keep_stats=True.")
+    raise ValueError(f"the optimizer state holds no {what}: build the optimizer with "
+                     "keep_stats=True.")
   if len(found) > 1:
-    raise ValueError(f"the optimizer state holds {len(found)} sets of layer statistics; read "
-                     "each with optax.tree_utils.tree_get_all_with_path(state, 'layer_stats').")
+    raise ValueError(f"the optimizer state holds {len(found)} sets of {what}; read each "
+                     f"with optax.tree_utils.tree_get_all_with_path(state, '{field}').")
   return found[0]

@@ -24,8 +24,8 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, TypeAlias, cast
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple, TypeAlias, cast
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ from layerwise_optax._grouping import (
     make_plan,
     validate_layers,
 )
+from layerwise_optax._stats import Layout, PackedStats, find_stats
 
 MaskOrFn: TypeAlias = Any | Callable[[optax.Params], Any]
 """Which arrays get a trust ratio: a pytree of booleans whose structure is a prefix of the
@@ -84,11 +85,7 @@ class TrustRatio(NamedTuple):
   ratio: jax.Array
 
 
-Layout: TypeAlias = tuple[tuple[str, tuple[int, ...], str], ...]
-
-
-@jax.tree_util.register_pytree_with_keys_class
-class TrustRatioStats(Mapping[str, TrustRatio]):
+class TrustRatioStats(PackedStats, Mapping[str, TrustRatio]):
   r"""The per-layer statistics of :func:`scale_by_trust_ratio` with ``keep_stats=True``: a
   read-only mapping ``{layer name: TrustRatio(param_norm, update_norm, ratio)}``.
 
@@ -111,7 +108,7 @@ class TrustRatioStats(Mapping[str, TrustRatio]):
     >>> params = {"blocks": {"w": jnp.array([[3.0, 4.0], [1.0, 0.0]])}}
     >>> updates = {"blocks": {"w": jnp.array([[0.6, 0.8], [0.0, 0.5]])}}
     >>> _, state = tx.update(updates, tx.init(params), params)
-    >>> stats = optax.tree_utils.tree_get(state, "trust_ratio_stats")
+    >>> stats = lo.trust_ratio_stats(state)  # or optax.tree_utils.tree_get
     >>> print(list(stats), stats.ratios)
     ['blocks/w'] [5. 2.]
 
@@ -119,40 +116,28 @@ class TrustRatioStats(Mapping[str, TrustRatio]):
     You et al., "Large Batch Training of Convolutional Networks", arXiv:1708.03888, 2017.
   """
 
-  def __init__(self, param_norms: jax.Array, update_norms: jax.Array, ratios: jax.Array,
-               layout: Layout):
-    self.param_norms = param_norms
-    self.update_norms = update_norms
-    self.ratios = ratios
-    self._layout = layout  # (name, shape, dtype name) per layer, in packing order
-    ends = np.cumsum([math.prod(shape) for _, shape, _ in layout], dtype=int)
-    self._slices = {name: (slice(int(end) - math.prod(shape), int(end)), shape, dtype)
-                    for (name, shape, dtype), end in zip(layout, ends)}
+  __slots__ = ()
+  _fields: ClassVar[tuple[str, ...]] = ("param_norms", "update_norms", "ratios", "_layout")
+  _record: ClassVar[Callable[..., Any]] = TrustRatio
 
-  def __getitem__(self, name: str) -> TrustRatio:
-    where, shape, dtype = self._slices[name]
-    return TrustRatio(*(v[where].reshape(shape).astype(dtype) for v in self._vectors()))
+  def __new__(cls, param_norms: Any, update_norms: Any, ratios: Any,
+              _layout: Layout | None) -> TrustRatioStats:
+    return super().__new__(cls, (param_norms, update_norms, ratios, _layout))
 
-  def __iter__(self) -> Iterator[str]:
-    return iter(self._slices)
+  @property
+  def param_norms(self) -> jax.Array:
+    return tuple.__getitem__(self, 0)
 
-  def __len__(self) -> int:
-    return len(self._layout)
+  @property
+  def update_norms(self) -> jax.Array:
+    return tuple.__getitem__(self, 1)
 
-  def __repr__(self) -> str:
-    return f"TrustRatioStats({dict(self.items())!r})"
+  @property
+  def ratios(self) -> jax.Array:
+    return tuple.__getitem__(self, 2)
 
-  def _vectors(self) -> tuple[jax.Array, jax.Array, jax.Array]:
-    return self.param_norms, self.update_norms, self.ratios
-
-  def tree_flatten_with_keys(self) -> tuple[tuple[tuple[Any, jax.Array], ...], Layout]:
-    keys = [jax.tree_util.GetAttrKey(k) for k in ("param_norms", "update_norms", "ratios")]
-    return tuple(zip(keys, self._vectors())), self._layout
-
-  @classmethod
-  def tree_unflatten(cls, layout: Layout, children: Sequence[jax.Array]) -> TrustRatioStats:
-    param_norms, update_norms, ratios = children
-    return cls(param_norms, update_norms, ratios, layout)
+  def __getitem__(self, name: str) -> TrustRatio:  # pyright: ignore[reportIncompatibleMethodOverride]
+    return super().__getitem__(name)
 
 
 class TrustRatioState(NamedTuple):
@@ -190,8 +175,11 @@ def _check_scalar(name: str, value: ArrayLike, positive: bool) -> None:
 
 
 def _mask_flags(mask: MaskOrFn, tree: Any) -> list[bool]:
-  """Whether each array leaf of ``tree`` (in flattening order) gets a trust ratio."""
-  if mask is None:
+  """Whether each array leaf of ``tree`` (in flattening order) gets a trust ratio.
+
+  A tree without arrays (such as the parameter stand-in of
+  ``optax.tree_utils.tree_map_params``) has nothing to mask."""
+  if mask is None or not jax.tree.leaves(tree):
     return [True] * len(jax.tree.leaves(tree))
   mask_tree = mask(tree) if callable(mask) else mask
   try:
@@ -281,7 +269,13 @@ def _norms_and_ratios(param_leaves: Sequence[ArrayLike], update_leaves: Sequence
 
 def _initial_stats(params: optax.Params, mask: MaskOrFn, layers: LayersSpec,
                    stacked: StackedSpec) -> TrustRatioStats:
-  """Norms 0 and ratios 1 in the shapes and dtypes a step gives; abstract params work."""
+  """Norms 0 and ratios 1 in the shapes and dtypes a step gives; abstract params work.
+
+  A tree without arrays (the parameter stand-in of ``optax.tree_utils.tree_map_params``) has
+  no layers: its statistics are empty, with an open layout."""
+  if not jax.tree.leaves(params):
+    empty = jnp.zeros((0,), jnp.float32)
+    return TrustRatioStats(empty, empty, empty, None)
   plan, kept = _masked_plan(params, mask, layers, stacked)
   leaves = jax.tree.leaves(params)
   like = _factor.layer_sums_like([leaves[i] for i in kept], plan)
@@ -289,15 +283,6 @@ def _initial_stats(params: optax.Params, mask: MaskOrFn, layers: LayersSpec,
   dtype = jnp.result_type(*[s.dtype for s in like]) if like else jnp.dtype(jnp.float32)
   zeros = jnp.zeros((sum(math.prod(s.shape) for s in like),), dtype)
   return TrustRatioStats(zeros, zeros, jnp.ones_like(zeros), layout)
-
-
-def _is_params_stand_in(params: Any) -> bool:
-  """optax.tree_utils.tree_map_params calls ``init`` with a leafless stand-in for the
-  parameters; the statistics then become one opaque leaf, which it leaves as they are."""
-  return type(params).__name__ == "_ParamsPlaceholder"
-
-
-_STATS_OF_PARAMS_STAND_IN = object()
 
 
 def scale_by_trust_ratio(min_norm: ArrayLike = 0.0, trust_coefficient: ArrayLike = 1.0,
@@ -382,12 +367,9 @@ def scale_by_trust_ratio(min_norm: ArrayLike = 0.0, trust_coefficient: ArrayLike
   hp = _Hyperparams(min_norm, trust_coefficient, eps, max_ratio)
 
   def init_fn(params: optax.Params) -> optax.OptState:
-    stand_in = _is_params_stand_in(params)
     if keep_stats:
-      return TrustRatioState(cast(TrustRatioStats, _STATS_OF_PARAMS_STAND_IN) if stand_in
-                             else _initial_stats(params, mask, layers, stacked))
-    if not stand_in:
-      _masked_plan(params, mask, layers, stacked)  # raises early for a bad grouping or mask
+      return TrustRatioState(_initial_stats(params, mask, layers, stacked))
+    _masked_plan(params, mask, layers, stacked)  # raises early for a bad grouping or mask
     return optax.EmptyState()
 
   def update_fn(updates: optax.Updates, state: optax.OptState,
@@ -408,13 +390,47 @@ def scale_by_trust_ratio(min_norm: ArrayLike = 0.0, trust_coefficient: ArrayLike
       leaves[i] = leaf
     if keep_stats:
       previous = cast(TrustRatioState, state).trust_ratio_stats
-      if [name for name, _, _ in layout] != list(previous):
-        raise ValueError(f"the layers of the updates {[n for n, _, _ in layout]} differ from "
-                         f"those of the parameters at init {list(previous)}.")
+      names = [name for name, _, _ in layout]
+      if names != list(previous):
+        raise ValueError(f"the layers of the updates {names} differ from those of the "
+                         f"parameters at init {list(previous)}.")
       dtype = previous.ratios.dtype
       state = TrustRatioState(TrustRatioStats(
           param_norms.astype(dtype), update_norms.astype(dtype), ratios.astype(dtype),
-          previous._layout))
+          previous._layout or layout))
     return jax.tree.unflatten(treedef, leaves), state
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def trust_ratio_stats(state: optax.OptState) -> TrustRatioStats:
+  r"""The :class:`TrustRatioStats` a ``keep_stats=True`` trust ratio keeps, found anywhere in
+  the optimizer's state (chained, or wrapped by ``optax.inject_hyperparams``,
+  ``optax.MultiSteps`` and the like).
+
+  Args:
+    state: an optimizer state that holds one set of trust-ratio statistics.
+
+  Returns:
+    The last step's ``{layer name: TrustRatio(param_norm, update_norm, ratio)}``: norms 0
+    and ratios 1 before the first step.
+
+  Raises:
+    ValueError: the state holds no trust-ratio statistics (built without
+      ``keep_stats=True``) or more than one set.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import layerwise_optax as lo
+    >>> tx = optax.inject_hyperparams(lo.lamb)(learning_rate=0.1, keep_stats=True)
+    >>> params = {"w": jnp.array([3.0, 4.0])}
+    >>> _, state = tx.update({"w": jnp.array([0.1, 0.2])}, tx.init(params), params)
+    >>> stats = lo.trust_ratio_stats(state)  # state.inner_state[2].trust_ratio_stats
+    >>> print(f"ratio {stats['w'].ratio:.3f}")
+    ratio 3.536
+
+  References:
+    You et al., "Large Batch Training of Convolutional Networks", arXiv:1708.03888, 2017.
+  """
+  return find_stats(state, TrustRatioStats, "trust-ratio statistics", "trust_ratio_stats")

@@ -6,6 +6,7 @@ eq. 6; LAMB, You et al. arXiv:1904.00962 algorithm 2.
 """
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -230,15 +231,46 @@ def test_dtypes_follow_the_updates_and_the_stats_stay_float32():
 
 
 def test_tree_map_params_keeps_the_trust_ratio_stats():
-  tx = lo.lars(0.1, keep_stats=True)
+  tx = lo.lars(0.1, keep_stats=True, trust_ratio_mask=not_1d)
   _, state = run(tx, steps=1)
   mapped = optax.tree_utils.tree_map_params(tx, lambda p: p + 100.0, state)
   assert jax.tree.structure(mapped) == jax.tree.structure(state)
-  chex.assert_trees_all_equal(optax.tree_utils.tree_get(mapped, "trust_ratio_stats"),
-                              optax.tree_utils.tree_get(state, "trust_ratio_stats"))
+  chex.assert_trees_all_equal(lo.trust_ratio_stats(mapped), lo.trust_ratio_stats(state))
   trace = optax.tree_utils.tree_get(mapped, "trace")
   chex.assert_trees_all_close(trace, jax.tree.map(lambda t: t + 100.0,
                                                   optax.tree_utils.tree_get(state, "trace")))
+  kinds = optax.tree_utils.tree_map_params(tx, lambda _: "param", state,
+                                           transform_non_params=lambda _: "other")
+  assert jax.tree.structure(kinds) == jax.tree.structure(state)
+  stats = lo.trust_ratio_stats(kinds)
+  assert (stats.param_norms, stats.update_norms, stats.ratios) == ("other",) * 3
+  assert list(stats) == ["Conv_0/kernel", "Dense_0/kernel"]
+
+
+ROUND_TRIPS = {"lars": lambda: lo.lars(0.1, weight_decay=1e-3, layers="module",
+                                       keep_stats=True),
+               "inject_hyperparams(lamb)": lambda: optax.inject_hyperparams(lo.lamb)(
+                   learning_rate=0.01, stacked="blocks", keep_stats=True)}
+
+
+@pytest.mark.parametrize("name", ROUND_TRIPS)
+def test_states_round_trip_through_pickle_and_flax_serialization(name):
+  tx = ROUND_TRIPS[name]()
+  params = STACK if "lamb" in name else PARAMS
+  _, state = run(tx, params, steps=2)
+  restored = [pickle.loads(pickle.dumps(state))]
+  serialization = None
+  try:
+    from flax import serialization
+  except ImportError:  # the lowest-versions run has no Flax
+    pass
+  if serialization is not None:
+    restored.append(serialization.from_bytes(tx.init(params), serialization.to_bytes(state)))
+  for again in restored:
+    assert jax.tree.structure(again) == jax.tree.structure(state)
+    chex.assert_trees_all_equal(again, state)
+    assert list(lo.trust_ratio_stats(again)) == list(lo.trust_ratio_stats(state))
+  assert len(lo.trust_ratio_stats(state)) > 0
 
 
 def test_everything_masked_leaves_the_updates_alone():
@@ -283,6 +315,9 @@ def test_bad_masks_params_and_stacked_raise_one_line_errors():
     tx.update(PARAMS, tx.init(PARAMS))
   with pytest.raises(ValueError, match="stacked prefix 'block' matches no layer"):
     lo.lamb(0.1, stacked="block").init(STACK)
+  with pytest.raises(ValueError, match="holds no trust-ratio statistics: build the optimizer "
+                     "with keep_stats=True"):
+    lo.trust_ratio_stats(lo.lars(0.1).init(PARAMS))
 
 
 # --- the layer-relative form ----------------------------------------------------------------
