@@ -1,10 +1,16 @@
-"""The experiment harness that reproduces Singh et al. (2015) with layerwise_optax.
+"""The experiment harness: one engine under every experiment of the repository.
 
-Modules: ``configs`` (the paper's Caffe protocols), ``data`` (checked readers and downloads),
-``models`` (LeNet, cifar10_quick/full, AlexNet in Flax), ``methods`` (the optimizers, Caffe
-order), ``train`` (jitted training, evaluation, checkpoints), ``relative`` (the layer-relative
-ablation), ``report`` (table, JSON/CSV, plots), ``files`` (atomic writes), ``pool`` (worker
-processes), ``cli`` (one-line command-line errors). The CLI is ``examples/reproduce.py``.
+Registries: :mod:`~experiments.data` (``DATASETS``), :mod:`~experiments.models` (``MODELS``),
+:mod:`~experiments.methods` (``BASES``, ``PEERS``: every optimizer a ``--methods`` option
+names). Training: :mod:`~experiments.engine` (one jitted step, one evaluation, one loop with
+checkpoints). Files: :mod:`~experiments.records` (run records, checkpoints, the results
+schema), :mod:`~experiments.files` (atomic writes). Statistics and reports:
+:mod:`~experiments.stats`, :mod:`~experiments.report`. Runs in parallel:
+:mod:`~experiments.pool`. Commands: :mod:`~experiments.cli` (one convention).
+
+Front-ends: :mod:`~experiments.tuned` (tuned comparisons, protocol in
+:mod:`~experiments.tuning`), :mod:`~experiments.verdict`, ``examples/reproduce.py`` (the
+paper's protocol, :mod:`~experiments.configs`, :mod:`~experiments.train`).
 
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep

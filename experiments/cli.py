@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +20,10 @@ from pathlib import Path
 
 class InputError(ValueError):
   """A problem with the files or options a command was given, fixable by its user."""
+
+
+class UsageError(InputError):
+  """A bad option value found after parsing (e.g. a method no registry has): exit status 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -29,14 +34,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def reports_errors(main):
-  """Wraps a command's ``main``: an :class:`InputError` becomes one stderr line, exit 1."""
+  """Wraps a command's ``main``: an :class:`InputError` becomes one stderr line and exit
+  status 1 (2 for a :class:`UsageError`)."""
   @functools.wraps(main)
   def wrapper(*args, **kwargs):
     try:
       return main(*args, **kwargs)
     except InputError as e:
       print(f"error: {e}", file=sys.stderr)
-      sys.exit(1)
+      sys.exit(2 if isinstance(e, UsageError) else 1)
   return wrapper
 
 
@@ -56,6 +62,17 @@ def positive_ints(text: str) -> tuple[int, ...]:
   return tuple(positive_int(part) for part in text.split(","))
 
 
+def positive_float(text: str) -> float:
+  """argparse type: a finite number above 0."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+  if not (math.isfinite(value) and value > 0):
+    raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
+  return value
+
+
 def floats(text: str) -> list[float]:
   """argparse type: comma-separated numbers, e.g. ``0.01,0.1``."""
   try:
@@ -65,13 +82,14 @@ def floats(text: str) -> list[float]:
                                      "numbers") from None
 
 
-def writable_folder(path: str | Path) -> Path:
-  """Creates ``path`` if needed and checks a file can be written there."""
+def writable_folder(path: str | Path, option: str = "--out") -> Path:
+  """Creates ``path`` if needed and checks a file can be written there (else an
+  :class:`InputError` that names ``option``)."""
   path = Path(path)
   try:
     path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=path):
       pass
   except OSError as e:
-    raise InputError(f"cannot write to {path} ({e.strerror}); pass another --out") from None
+    raise InputError(f"cannot write to {path} ({e.strerror}); pass another {option}") from None
   return path

@@ -1,4 +1,10 @@
-"""Dataset readers (IDX for MNIST/Fashion-MNIST, CIFAR-10 binary and python), checked downloads.
+"""The datasets: a registry, checked readers (IDX for MNIST/Fashion-MNIST, CIFAR-10 binary
+and python; the Shakespeare corpora in :mod:`experiments.shakespeare`) and checked downloads.
+
+:data:`DATASETS` maps each name a command takes (``--dataset``) to its :class:`Source`:
+``fashion_mnist``, ``mnist``, ``cifar10``, ``generated`` (small learnable images made in
+memory, for tests and demos), ``shakespeare`` (the plays) and ``tiny_shakespeare``. Adding a
+dataset is one entry there; :func:`load_dataset` reads any of them.
 
 Every reader checks what it reads and raises :class:`~experiments.cli.InputError` (a
 ``ValueError``) naming the file, the problem and what to do:
@@ -12,15 +18,16 @@ Every reader checks what it reads and raises :class:`~experiments.cli.InputError
 * CIFAR-10 python: pickled dicts with ``data`` (10000 x 3072 uint8) and ``labels``. They are
   unpickled with a restricted unpickler that only builds numpy arrays, never arbitrary objects.
 
-Downloads (:data:`REMOTE`): each file is checked against a published or measured checksum
-before it is renamed into place. MNIST's gzipped files and the CIFAR-10 python archive carry
-the MD5 sums their publishers (and torchvision) list; Fashion-MNIST carries the sha256 of the
-*uncompressed* IDX content (hashed from Debian's ``dataset-fashion-mnist``, whose re-gzipped
-archives differ byte-wise from Zalando's but hold the same bytes), which the reader also
-checks on every load. :func:`download` streams a URL to a temporary file in the target
-folder, verifies it and only then renames it (``os.replace``, atomic on POSIX); the CIFAR-10
-archive is extracted into a temporary folder renamed into place the same way. A failed or
-corrupt download leaves no file under the final name and raises :class:`InputError`.
+Downloads (each :data:`DATASETS` entry's ``remote``): each file is checked against a published
+or measured checksum before it is renamed into place. MNIST's gzipped files and the CIFAR-10
+python archive carry the MD5 sums their publishers (and torchvision) list; Fashion-MNIST
+carries the sha256 of the *uncompressed* IDX content (hashed from Debian's ``dataset-fashion-
+mnist``, whose re-gzipped archives differ byte-wise from Zalando's but hold the same bytes),
+which the reader also checks on every load of the full files. :func:`download` streams a URL
+to a temporary file in the target folder, verifies it and only then renames it
+(``os.replace``, atomic on POSIX); the CIFAR-10 archive is extracted into a temporary folder
+renamed into place the same way. A failed or corrupt download leaves no file under the final
+name and raises :class:`InputError`.
 
 References:
   LeCun, Cortes, Burges, "The MNIST database", http://yann.lecun.com/exdb/mnist/ (IDX format).
@@ -30,6 +37,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -41,8 +49,9 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -78,32 +87,6 @@ class Remote(NamedTuple):
   algorithm: str
   digest: str
   of_content: bool = False
-
-
-_MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"
-_FASHION = "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-# Dataset -> {file name in its folder: Remote}.
-REMOTE = {
-    "mnist": {
-        "train-images-idx3-ubyte.gz": Remote(_MNIST + "train-images-idx3-ubyte.gz", "md5",
-                                             "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-        "train-labels-idx1-ubyte.gz": Remote(_MNIST + "train-labels-idx1-ubyte.gz", "md5",
-                                             "d53e105ee54ea40749a09fcbcd1e9432"),
-        "t10k-images-idx3-ubyte.gz": Remote(_MNIST + "t10k-images-idx3-ubyte.gz", "md5",
-                                            "9fb629c4189551a2d022fa330f9573f3"),
-        "t10k-labels-idx1-ubyte.gz": Remote(_MNIST + "t10k-labels-idx1-ubyte.gz", "md5",
-                                            "ec29112dd5afa0611ce80d1b7f02629c"),
-    },
-    "fashion_mnist": {
-        f"{stem}.gz": Remote(f"{_FASHION}{stem}.gz", "sha256",
-                             CONTENT_SHA256[f"fashion_mnist/{stem}"], of_content=True)
-        for stem in (name for split in IDX_FILES.values() for name in split[:2])
-    },
-    "cifar10": {
-        "cifar-10-python.tar.gz": Remote("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                                         "md5", "c58f30108f718f92721af3b95e74349a"),
-    },
-}
 
 
 class Dataset(NamedTuple):
@@ -291,20 +274,6 @@ def download(url: str, dest: Path, remote: Remote | None = None,
   return dest
 
 
-def download_dataset(name: str, folder: Path, opener=urllib.request.urlopen) -> Path:
-  """Downloads the missing files of ``name`` (:data:`REMOTE`) into ``folder``; a CIFAR-10
-  archive is extracted to ``folder/cifar-10-batches-py`` and then removed."""
-  folder = Path(folder)
-  for filename, remote in REMOTE[name].items():
-    if not (folder / filename).exists() and not (folder / CIFAR_FOLDER).is_dir():
-      download(remote.url, folder / filename, remote, opener)
-  if name == "cifar10" and not (folder / CIFAR_FOLDER).is_dir():
-    archive = folder / next(iter(REMOTE[name]))
-    extract_folder(archive, CIFAR_FOLDER, folder)
-    archive.unlink()
-  return folder
-
-
 def extract_folder(archive: Path, member: str, folder: Path) -> Path:
   """Extracts ``member`` (a folder) of a tar archive to ``folder/member``, atomically."""
   tmp = Path(tempfile.mkdtemp(prefix=member + ".", suffix=".part", dir=folder))
@@ -332,57 +301,21 @@ def extract_folder(archive: Path, member: str, folder: Path) -> Path:
   return folder / member
 
 
-def data_help(name: str) -> str:
-  if name == "fashion_mnist":
-    return ("Fashion-MNIST not found. On Debian/Ubuntu: `sudo apt-get install "
-            "dataset-fashion-mnist` (files in /usr/share/datasets/fashion-mnist); or pass "
-            "--download (needs a network) or --data-dir with the four *-ubyte.gz files from "
-            "https://github.com/zalandoresearch/fashion-mnist.")
-  if name == "mnist":
-    return ("MNIST not found: pass --data-dir with the four *-ubyte(.gz) files, or --download "
-            "(needs a network).")
-  return ("CIFAR-10 not found: pass --download (needs a network) or --data-dir with the "
-          "extracted cifar-10-batches-bin or cifar-10-batches-py folder "
-          "(https://www.cs.toronto.edu/~kriz/cifar.html).")
-
-
-def default_folder(name: str) -> Path:
-  """Where ``name`` is read without ``--data-dir``: Debian's Fashion-MNIST package where it
-  is installed, else ``data/NAME`` (where ``--download`` writes)."""
-  if name == "fashion_mnist" and (DEBIAN_FASHION_MNIST / (IDX_FILES["test"][0] + ".gz")).exists():
-    return DEBIAN_FASHION_MNIST
-  return Path("data") / name
-
-
-def _present(name: str, folder: Path) -> bool:
-  if name == "cifar10":
-    return any((folder / sub / "test_batch").exists() or (folder / sub / "test_batch.bin").exists()
-               for sub in (".", CIFAR_FOLDER, "cifar-10-batches-bin"))
-  return any((folder / (IDX_FILES["test"][0] + ext)).exists() for ext in (".gz", ""))
-
-
-def load_dataset(name: str, data_dir: str | Path | None = None, download_missing: bool = False,
-                 count: tuple[int, int] | None = None) -> Dataset:
-  """Loads ``name`` ('fashion_mnist', 'mnist', 'cifar10') with all checks.
-
-  ``data_dir`` defaults to :func:`default_folder`. ``count`` = (train, test) sizes for small
-  generated files (tests); for CIFAR-10 every batch file then holds ``count[1]`` records.
-  Missing files are downloaded with ``download_missing``; otherwise, and for every problem
-  with the files, :class:`InputError` says what to do.
-  """
-  if name not in REMOTE:
-    raise InputError(f"unknown dataset {name!r}; use {', '.join(sorted(REMOTE))}")
-  folder = Path(data_dir) if data_dir else default_folder(name)
-  if not _present(name, folder):
-    if not download_missing:
-      raise InputError(data_help(name) + (f" (looked in {folder})" if data_dir else ""))
-    download_dataset(name, folder)
-  if name == "cifar10":
-    return read_cifar10(folder, count[1] if count else CIFAR_PER_FILE)
-  n_train, n_test = count if count else (None, None)
-  train = read_idx_split(folder, "train", name, n_train)
-  test = read_idx_split(folder, "test", name, n_test)
-  return Dataset(train[0], train[1], test[0], test[1], 10)
+def download_dataset(name: str, folder: Path, opener=urllib.request.urlopen) -> Path:
+  """Downloads the missing files of ``name`` (its registry entry's ``remote``) into
+  ``folder``; an archive whose entry names an ``extract`` folder is extracted there and then
+  removed."""
+  source = DATASETS[name]
+  folder = Path(folder)
+  extracted = source.extract is not None and (folder / source.extract).is_dir()
+  for filename, remote in source.remote.items():
+    if not (folder / filename).exists() and not extracted:
+      download(remote.url, folder / filename, remote, opener)
+  if source.extract is not None and not extracted:
+    archive = folder / next(iter(source.remote))
+    extract_folder(archive, source.extract, folder)
+    archive.unlink()
+  return folder
 
 
 def preprocess(images: np.ndarray, mean_image: np.ndarray | None = None) -> np.ndarray:
@@ -391,3 +324,203 @@ def preprocess(images: np.ndarray, mean_image: np.ndarray | None = None) -> np.n
   if mean_image is None:
     return images.astype(np.float32) * np.float32(1 / 256)
   return images.astype(np.float32) - mean_image.astype(np.float32)
+
+
+def _has_idx(folder: Path) -> bool:
+  return any((folder / (IDX_FILES["test"][0] + ext)).exists() for ext in (".gz", ""))
+
+
+def _has_cifar10(folder: Path) -> bool:
+  return any((folder / sub / "test_batch").exists() or (folder / sub / "test_batch.bin").exists()
+             for sub in (".", CIFAR_FOLDER, "cifar-10-batches-bin"))
+
+
+def read_idx(folder: Path, sizes: tuple[int, int] | None, key: str | None) -> Dataset:
+  """Both splits of an MNIST-format folder; the content hashes of ``key`` are checked for
+  the full files (``sizes`` None), which only they match."""
+  n_train, n_test = sizes or (None, None)
+  key = key if sizes is None else None
+  train = read_idx_split(folder, "train", key, n_train)
+  test = read_idx_split(folder, "test", key, n_test)
+  return Dataset(train[0], train[1], test[0], test[1], 10)
+
+
+def generated_images(sizes: tuple[int, int] | None = None, seed: int = 0) -> Dataset:
+  """MNIST-shaped images a few steps of training can learn (a class-dependent bright square
+  on dark noise), ``sizes`` = (train, test) of them (default 64, 20); no files."""
+  n_train, n_test = sizes or (64, 20)
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 10, n_train + n_test).astype(np.int32)
+  x = rng.integers(0, 60, (n_train + n_test, 28, 28, 1), dtype=np.uint8)
+  for i, c in enumerate(y):
+    x[i, 2 * c:2 * c + 8, 4:12] = 250
+  return Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10)
+
+
+def _read_idx(folder, sizes, download, key):
+  del download
+  return read_idx(folder, sizes, key)
+
+
+def _read_cifar10(folder, sizes, download):
+  del download
+  return read_cifar10(folder, sizes[1] if sizes else CIFAR_PER_FILE)
+
+
+def _read_generated(folder, sizes, download):
+  del folder, download
+  return generated_images(sizes)
+
+
+def _read_plays(folder, sizes, download):
+  del sizes
+  from experiments import shakespeare
+  return shakespeare.load("plays", folder, download)
+
+
+def _read_tiny(folder, sizes, download):
+  del sizes
+  from experiments import shakespeare
+  return shakespeare.load("tiny", folder, download)
+
+
+def _anywhere(folder: Path) -> bool:
+  del folder
+  return True
+
+
+class Source(NamedTuple):
+  """One dataset of :data:`DATASETS`.
+
+  ``kind``: ``"images"`` (``read`` gives a :class:`Dataset`) or ``"text"`` (a
+  :class:`experiments.shakespeare.CharData`). ``read(folder, sizes, download)``: the data
+  in ``folder``; ``sizes`` = (train, test) counts of smaller files in the same format
+  (tests), ``None`` for the published sizes. ``present(folder)``: whether the files are
+  there (else :func:`load_dataset` downloads ``remote`` with ``--download`` or says
+  ``help``). ``extract``: the folder a downloaded archive holds. ``folder``: a system-wide
+  copy read when no ``--data-dir`` is given and it is installed (else ``data/<name>``).
+  """
+
+  kind: str
+  read: Callable[[Path, tuple[int, int] | None, bool], Any]
+  present: Callable[[Path], bool]
+  help: str
+  remote: dict[str, Remote]
+  extract: str | None = None
+  folder: Path | None = None
+
+
+_MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+_FASHION = "https://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# Dataset -> {file name in its folder: Remote}.
+_REMOTE = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": Remote(_MNIST + "train-images-idx3-ubyte.gz", "md5",
+                                             "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+        "train-labels-idx1-ubyte.gz": Remote(_MNIST + "train-labels-idx1-ubyte.gz", "md5",
+                                             "d53e105ee54ea40749a09fcbcd1e9432"),
+        "t10k-images-idx3-ubyte.gz": Remote(_MNIST + "t10k-images-idx3-ubyte.gz", "md5",
+                                            "9fb629c4189551a2d022fa330f9573f3"),
+        "t10k-labels-idx1-ubyte.gz": Remote(_MNIST + "t10k-labels-idx1-ubyte.gz", "md5",
+                                            "ec29112dd5afa0611ce80d1b7f02629c"),
+    },
+    "fashion_mnist": {
+        f"{stem}.gz": Remote(f"{_FASHION}{stem}.gz", "sha256",
+                             CONTENT_SHA256[f"fashion_mnist/{stem}"], of_content=True)
+        for stem in (name for split in IDX_FILES.values() for name in split[:2])
+    },
+    "cifar10": {
+        "cifar-10-python.tar.gz": Remote("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                                         "md5", "c58f30108f718f92721af3b95e74349a"),
+    },
+}
+
+
+
+# Dataset name -> its source. One entry adds a dataset to every command that takes --dataset.
+DATASETS: dict[str, Source] = {
+    "fashion_mnist": Source(
+        "images", functools.partial(_read_idx, key="fashion_mnist"), _has_idx,
+        "Fashion-MNIST not found. On Debian/Ubuntu: `sudo apt-get install "
+        "dataset-fashion-mnist` (files in /usr/share/datasets/fashion-mnist); or pass "
+        "--download (needs a network) or --data-dir with the four *-ubyte.gz files from "
+        "https://github.com/zalandoresearch/fashion-mnist.",
+        _REMOTE["fashion_mnist"], folder=DEBIAN_FASHION_MNIST),
+    "mnist": Source(
+        "images", functools.partial(_read_idx, key="mnist"), _has_idx,
+        "MNIST not found: pass --data-dir with the four *-ubyte(.gz) files, or --download "
+        "(needs a network).", _REMOTE["mnist"]),
+    "cifar10": Source(
+        "images", _read_cifar10, _has_cifar10,
+        "CIFAR-10 not found: pass --download (needs a network) or --data-dir with the "
+        "extracted cifar-10-batches-bin or cifar-10-batches-py folder "
+        "(https://www.cs.toronto.edu/~kriz/cifar.html).", _REMOTE["cifar10"],
+        extract=CIFAR_FOLDER),
+    "generated": Source("images", _read_generated, _anywhere, "", {}),
+    "shakespeare": Source("text", _read_plays, _anywhere, "", {}),
+    "tiny_shakespeare": Source("text", _read_tiny, _anywhere, "", {}),
+}
+
+
+def default_folder(name: str) -> Path:
+  """Where ``name`` is read without ``--data-dir``: its system-wide copy (Debian's
+  Fashion-MNIST package) where it is installed, else ``data/NAME`` (where ``--download``
+  writes; ``data/shakespeare`` for both corpora)."""
+  source = DATASETS[name]
+  if source.folder is not None and source.present(source.folder):
+    return source.folder
+  return Path("data") / ("shakespeare" if source.kind == "text" else name)
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, download_missing: bool = False,
+                 count: tuple[int, int] | None = None) -> Any:
+  """Loads ``name`` (a key of :data:`DATASETS`) with all checks.
+
+  ``data_dir`` defaults to :func:`default_folder`. ``count`` = (train, test) sizes for small
+  generated files (tests); for CIFAR-10 every batch file then holds ``count[1]`` records.
+  Missing files are downloaded with ``download_missing``; otherwise, and for every problem
+  with the files, :class:`InputError` says what to do.
+  """
+  if name not in DATASETS:
+    raise InputError(f"unknown dataset {name!r}; use {', '.join(DATASETS)}")
+  source = DATASETS[name]
+  folder = Path(data_dir) if data_dir else default_folder(name)
+  try:
+    if not source.present(folder):
+      if not download_missing:
+        raise InputError(source.help + (f" (looked in {folder})" if data_dir else ""))
+      download_dataset(name, folder)
+    return source.read(folder, count, download_missing)
+  except OSError as e:
+    raise InputError(f"{folder}: cannot read or write there ({e.strerror or e}); pass "
+                     "another --data-dir") from None
+
+
+class ImageData(NamedTuple):
+  """Preprocessed float32 NHWC images and int32 labels of three splits."""
+
+  train_x: np.ndarray
+  train_y: np.ndarray
+  val_x: np.ndarray
+  val_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+
+
+def held_out(dataset: Dataset, val_size: int) -> ImageData:
+  """``dataset`` preprocessed (:func:`preprocess`, ``x / 256``) with its last ``val_size``
+  training images as the validation split (the same for every seed and method)."""
+  n_train = dataset.train_images.shape[0] - val_size
+  if n_train < 1:
+    raise InputError(f"--val-size {val_size} leaves no training images of "
+                     f"{dataset.train_images.shape[0]}; pass a smaller --val-size")
+  scaled = preprocess(dataset.train_images)
+  return ImageData(scaled[:n_train], dataset.train_labels[:n_train], scaled[n_train:],
+                   dataset.train_labels[n_train:], preprocess(dataset.test_images),
+                   dataset.test_labels)
+
+
+def load_held_out(name: str, data_dir: str | Path | None, sizes: tuple[int, int] | None,
+                  val_size: int) -> ImageData:
+  """:func:`load_dataset` then :func:`held_out` (picklable as a ``functools.partial``)."""
+  return held_out(load_dataset(name, data_dir, False, sizes), val_size)

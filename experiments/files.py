@@ -18,15 +18,19 @@ from typing import Any
 
 
 @contextlib.contextmanager
-def replacing(path: str | Path) -> Iterator[Path]:
+def replacing(path: str | Path, unique: bool = True) -> Iterator[Path]:
   """Yields a temporary path next to ``path`` to write; when the block ends without an
   exception, that file replaces ``path``.
 
   The temporary name ends in ``path``'s suffix (``.png``, ``.npz``), so writers that choose
-  the format by the suffix (``savefig``, ``np.savez``) write the destination's format.
+  the format by the suffix (``savefig``, ``np.savez``) write the destination's format. It is
+  unique per call, or (``unique`` false, for a file one process rewrites again and again,
+  such as a checkpoint) always the same, so that what a killed process left is replaced by
+  the next write instead of staying behind.
   """
   path = Path(path)
-  temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+  token = f".{secrets.token_hex(4)}" if unique else ""
+  temporary = path.with_name(f".{path.name}{token}.tmp{path.suffix}")
   try:
     yield temporary
     os.replace(temporary, path)

@@ -1,4 +1,19 @@
-"""Optimizers for each method of the paper, built the way Caffe's solvers apply them.
+"""The methods: every optimizer an experiment can name, in one registry.
+
+A method name is a base update rule, optionally with a suffix, or a peer:
+
+* bases (:data:`BASES`): ``sgd`` (heavy ball), ``nag`` (Nesterov), ``adagrad``, ``adam``
+  (weight decay added to the gradient first, Caffe's order) and ``adamw`` (decoupled weight
+  decay, Loshchilov & Hutter);
+* ``+layer``: the factor of eq. 9 per layer, ``f_l = 1 + log(1 + 1/||g_l||)``;
+* ``+relative``: ``r_l = f_l / mean_k f_k`` in its place (:mod:`experiments.relative`: the
+  redistribution across layers without the global boost);
+* peers (:data:`PEERS`): ``optax.lars`` and ``optax.lamb``, layer-wise trust ratios as optax
+  ships them.
+
+Adding a method is one entry in :data:`BASES` or :data:`PEERS`; :func:`names` lists every
+name and :func:`build` builds any of them from a :class:`Recipe` (what a workload fixes: the
+learning rate or schedule, momentum, weight decay, per-array multipliers, grouping).
 
 For every parameter blob Caffe computes, in this order,
 
@@ -12,15 +27,12 @@ and then its update rule (``local_rate = t_l``):
 * AdaGrad:  ``G += g^2;  w -= t_l g / (sqrt(G) + delta)``          (paper eq. 12)
 * Adam:     ``w -= t_l m_hat / (sqrt(v_hat) + eps)``               (the extra pair)
 
-"+relative" (the ablation of :mod:`experiments.relative`) uses ``r_l = f_l / mean_k f_k``
-in place of ``f_l``, with the same placements.
-
 Here, with optax: the factor comes from :func:`layerwise_optax.scale_by_layerwise_lr`
 chained before ``optax.sgd`` for SGD/NAG (the factor enters the momentum history, as in
-Caffe), and from :func:`layerwise_optax.with_layerwise_lr` around AdaGrad and Adam (the
-factor, taken from the raw decayed gradient, multiplies the preconditioned step; the history
-holds unscaled gradients). ``lr_mult`` is a constant per-array scale applied next to the
-factor; since every rule is linear in ``t_l`` this equals Caffe's ``local_rate``.
+Caffe), and from :func:`layerwise_optax.with_layerwise_lr` around AdaGrad, Adam and AdamW
+(the factor, taken from the raw decayed gradient, multiplies the preconditioned step; the
+history holds unscaled gradients). ``lr_mult`` is a constant per-array scale applied next to
+the factor; since every rule is linear in ``t_l`` this equals Caffe's ``local_rate``.
 
 AdaGrad uses ``optax.adagrad(initial_accumulator_value=0, eps=delta**2)``:
 ``g / sqrt(G + delta^2)`` in place of Caffe's ``g / (sqrt(G) + delta)``. Both start from an
@@ -28,15 +40,28 @@ empty history and differ only where ``sqrt(G)`` is about ``delta = 1e-8``, i.e. 
 parameter that has seen a gradient; optax's default ``G_0 = 0.1`` would instead damp the first
 steps of every parameter.
 
+The peers: ``optax.lars`` takes the weight decay in the gradient (so it sits inside the trust
+ratio ``||w|| / ||g + wd w||``, as in You et al.) and its own decay 0; ``optax.lamb`` takes
+the decoupled decay (``Recipe.weight_decay`` and ``decay_mask``), b1, b2 and its own eps.
+
+Every :func:`build` returns an :class:`Optimizer`: the transformation and the one that gives
+the gradient the factor sees (the weight decay added to the gradient; ``optax.identity()``
+where there is none), which the engine records the factors of.
+
 References:
   Singh et al., ICMLA 2015, arXiv:1510.04609, eqs. 9, 10, 12.
   Caffe's ``SGDSolver::Regularize`` / ``ComputeUpdateValue`` (sgd, nesterov, adagrad, adam).
+  Loshchilov, Hutter, "Decoupled Weight Decay Regularization", ICLR 2019 (AdamW).
+  You, Gitman, Ginsburg, "Large Batch Training of Convolutional Networks", arXiv:1708.03888
+  (LARS); You et al., "Large Batch Optimization for Deep Learning", ICLR 2020 (LAMB).
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,10 +72,52 @@ import layerwise_optax as lo
 from . import relative
 from .configs import EXTRA_METHODS, METHODS, Schedule, Solver
 
-# The base update rules of the paper's harness.
-BASES = ("sgd", "nag", "adagrad", "adam")
-# The suffixes :func:`make_optimizer` builds: the factor of eq. 9, or its layer-relative form.
+# The suffixes of a base: the factor of eq. 9, or its layer-relative form.
 SUFFIXES = ("layer", "relative")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """What a workload fixes for every method it runs.
+
+  ``lr``: a number, a traced scalar or an optax schedule (iteration -> rate). ``weight_decay``
+  is added to the gradient (``g + wd * decay_mult * w``) by sgd, nag, adagrad, adam and
+  optax.lars, and decoupled (``decay_mask`` selects the arrays) by adamw and optax.lamb.
+  ``decay_mult`` and ``lr_mult`` are per-array trees of Caffe's multipliers (``None``: 1
+  everywhere). ``layers``, ``stacked`` and ``keep_stats`` mean what they mean in
+  :func:`layerwise_optax.with_layerwise_lr`.
+  """
+
+  lr: Any
+  momentum: float = 0.9
+  weight_decay: float = 0.0
+  decay_mult: Any = None
+  lr_mult: Any = None
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  decay_mask: Any = None
+  layers: Any = "module"
+  stacked: Any = None
+  keep_stats: bool = False
+
+
+class Optimizer(NamedTuple):
+  """A method's optimizer and the transformation that gives the gradient its factor sees
+  (the weight decay it adds to the gradient; ``optax.identity()`` where it adds none)."""
+
+  tx: optax.GradientTransformation
+  seen: optax.GradientTransformation
+
+
+class Base(NamedTuple):
+  """A base update rule: ``rule(recipe)`` is applied after the decayed gradient
+  (``coupled_decay``) and, with a suffix, the factor enters before it (``factor_first``,
+  into a momentum history) or multiplies its step (around it)."""
+
+  rule: Callable[[Recipe], optax.GradientTransformation]
+  coupled_decay: bool = True
+  factor_first: bool = False
 
 
 def schedule_fn(base_lr: float, schedule: Schedule) -> optax.Schedule:
@@ -65,29 +132,129 @@ def schedule_fn(base_lr: float, schedule: Schedule) -> optax.Schedule:
   raise ValueError(f"unknown lr policy {schedule.policy!r}")
 
 
-def decay_by_mult(weight_decay: float, decay_mult: Any) -> optax.GradientTransformation:
-  """``g + weight_decay * decay_mult * w`` per array (Caffe's L2 regularisation)."""
+def decay_by_mult(weight_decay: float, decay_mult: Any = None) -> optax.GradientTransformation:
+  """``g + weight_decay * decay_mult * w`` per array (Caffe's L2 regularisation);
+  ``decay_mult`` ``None`` is 1 for every array."""
   def update_fn(updates, state, params):
+    mults = jax.tree.map(lambda _: 1.0, updates) if decay_mult is None else decay_mult
     new = jax.tree.map(lambda g, w, m: g + (weight_decay * m) * w if m else g,
-                       updates, params, decay_mult)
+                       updates, params, mults)
     return new, state
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
 def scale_by_mult(lr_mult: Any) -> optax.GradientTransformation:
-  """Multiplies each array's update by its constant ``lr_mult``."""
+  """Multiplies each array's update by its constant ``lr_mult`` (``None``: unchanged)."""
   def update_fn(updates, state, params=None):
     del params
+    if lr_mult is None:
+      return updates, state
     return jax.tree.map(lambda u, m: u if m == 1 else u * jnp.asarray(m, u.dtype),
                         updates, lr_mult), state
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
-def method_suffix(method: str, bases: tuple[str, ...] = BASES) -> tuple[str, str]:
+def _momentum(nesterov: bool) -> Callable[[Recipe], optax.GradientTransformation]:
+  def rule(r: Recipe) -> optax.GradientTransformation:
+    return optax.chain(scale_by_mult(r.lr_mult),
+                       optax.sgd(r.lr, r.momentum or None, nesterov=nesterov))
+  return rule
+
+
+def _adagrad(r: Recipe) -> optax.GradientTransformation:
+  return optax.chain(optax.adagrad(r.lr, initial_accumulator_value=0.0, eps=1e-16),
+                     scale_by_mult(r.lr_mult))
+
+
+def _adam(r: Recipe) -> optax.GradientTransformation:
+  return optax.chain(optax.adam(r.lr, b1=r.b1, b2=r.b2, eps=r.eps), scale_by_mult(r.lr_mult))
+
+
+def _adamw(r: Recipe) -> optax.GradientTransformation:
+  return optax.adamw(r.lr, b1=r.b1, b2=r.b2, eps=r.eps, weight_decay=r.weight_decay,
+                     mask=r.decay_mask)
+
+
+# Base name -> its update rule. One entry adds a base, with its +layer and +relative.
+BASES: dict[str, Base] = {
+    "sgd": Base(_momentum(nesterov=False), factor_first=True),
+    "nag": Base(_momentum(nesterov=True), factor_first=True),
+    "adagrad": Base(_adagrad),
+    "adam": Base(_adam),
+    "adamw": Base(_adamw, coupled_decay=False),
+}
+# The bases of the paper's Caffe protocols (a solver each in experiments.configs).
+CAFFE_BASES = ("sgd", "nag", "adagrad", "adam")
+
+
+def _optax_lars(r: Recipe) -> Optimizer:
+  decay = decay_by_mult(r.weight_decay, r.decay_mult)
+  return Optimizer(optax.chain(decay, optax.lars(r.lr)), decay)
+
+
+def _optax_lamb(r: Recipe) -> Optimizer:
+  return Optimizer(optax.lamb(r.lr, b1=r.b1, b2=r.b2, weight_decay=r.weight_decay,
+                              mask=r.decay_mask), optax.identity())
+
+
+# Peer name -> its builder. One entry adds a peer.
+# TODO: the masked, per-block trust ratios of the library (lo.lars, lo.lamb) once it has them.
+PEERS: dict[str, Callable[[Recipe], Optimizer]] = {
+    "optax.lars": _optax_lars,
+    "optax.lamb": _optax_lamb,
+}
+
+
+def layer_factor(r: Recipe, around: optax.GradientTransformation | None = None):
+  """``+layer``: the factor of eq. 9 chained before a momentum rule (``around`` None) or
+  multiplying the step of ``around``."""
+  if around is None:
+    return lo.scale_by_layerwise_lr(r.layers, r.stacked, keep_stats=r.keep_stats)
+  return lo.with_layerwise_lr(around, r.layers, r.stacked, keep_stats=r.keep_stats)
+
+
+def relative_factor(r: Recipe, around: optax.GradientTransformation | None = None):
+  """``+relative``: the factors divided by their mean over layers, placed as :func:`layer_factor`.
+  TODO: the library's parameter-weighted layer-relative option once it has one."""
+  if around is None:
+    return relative.scale_by_relative_layerwise_lr(r.layers, r.stacked)
+  return relative.with_relative_layerwise_lr(around, r.layers, r.stacked)
+
+
+WRAPPERS = {"layer": layer_factor, "relative": relative_factor}
+
+
+def names(bases: Any = None) -> list[str]:
+  """Every method name: each base (of ``bases``, default :data:`BASES`), with each suffix,
+  then the peers (only with the default bases)."""
+  chosen = list(BASES) if bases is None else list(bases)
+  return ([f"{b}{s}" for b in chosen for s in ("", *(f"+{x}" for x in SUFFIXES))]
+          + (list(PEERS) if bases is None else []))
+
+
+def build(method: str, recipe: Recipe) -> Optimizer:
+  """The :class:`Optimizer` of ``method`` (module doc) under ``recipe``."""
+  if method in PEERS:
+    return PEERS[method](recipe)
+  base, suffix = method_suffix(method, tuple(BASES))
+  spec = BASES[base]
+  seen = (decay_by_mult(recipe.weight_decay, recipe.decay_mult) if spec.coupled_decay
+          else optax.identity())
+  rule = spec.rule(recipe)
+  if not suffix:
+    tx = optax.chain(seen, rule)
+  elif spec.factor_first:
+    tx = optax.chain(seen, WRAPPERS[suffix](recipe), rule)
+  else:
+    tx = optax.chain(seen, WRAPPERS[suffix](recipe, rule))
+  return Optimizer(tx, seen)
+
+
+def method_suffix(method: str, bases: tuple[str, ...] = CAFFE_BASES) -> tuple[str, str]:
   """'nag+relative' -> ('nag', 'relative'), 'sgd' -> ('sgd', ''); ``bases`` are the base
-  methods a caller accepts. The suffixes are those of :data:`SUFFIXES` with the harness's
-  own ``BASES`` (which :func:`make_optimizer` builds), only ``layer`` with other bases."""
-  suffixes = SUFFIXES if bases == BASES else ("layer",)
+  methods a caller accepts. The suffixes are those of :data:`SUFFIXES` with bases of
+  :data:`BASES`, only ``layer`` with others (the studies' ``gd``)."""
+  suffixes = SUFFIXES if set(bases) <= set(BASES) else ("layer",)
   base, _, suffix = method.partition("+")
   if (suffix and suffix not in suffixes) or base not in bases:
     raise ValueError(f"unknown method {method!r}; use one of {', '.join(bases)}, "
@@ -95,30 +262,30 @@ def method_suffix(method: str, bases: tuple[str, ...] = BASES) -> tuple[str, str
   return base, suffix
 
 
-def split_method(method: str, bases: tuple[str, ...] = BASES) -> tuple[str, bool]:
+def split_method(method: str, bases: tuple[str, ...] = CAFFE_BASES) -> tuple[str, bool]:
   """'nag+layer' -> ('nag', True): the base and whether a layer factor (``+layer`` or
   ``+relative``, see :func:`method_suffix`) scales its steps."""
   base, suffix = method_suffix(method, bases)
   return base, bool(suffix)
 
 
-def method_list(spec: str, bases: tuple[str, ...] = BASES) -> list[str]:
+def method_list(spec: str, bases: tuple[str, ...] = CAFFE_BASES) -> list[str]:
   """A ``--methods`` value: comma-separated names, or 'paper' (the six methods of Table I)
   or 'all' (those and adam, adam+layer). Raises ``ValueError`` for an unknown name."""
   if spec == "paper":
-    names = list(METHODS)
+    chosen = list(METHODS)
   elif spec == "all":
-    names = list(METHODS + EXTRA_METHODS)
+    chosen = list(METHODS + EXTRA_METHODS)
   else:
-    names = [m.strip() for m in spec.split(",") if m.strip()]
-  if not names:
+    chosen = [m.strip() for m in spec.split(",") if m.strip()]
+  if not chosen:
     raise ValueError("no method given")
-  for name in names:
+  for name in chosen:
     split_method(name, bases)
-  return names
+  return chosen
 
 
-def method_names(bases: tuple[str, ...] = BASES):
+def method_names(bases: tuple[str, ...] = CAFFE_BASES):
   """An argparse type for a ``--methods`` option: :func:`method_list` over ``bases``."""
   def parse(spec: str) -> list[str]:
     try:
@@ -126,6 +293,13 @@ def method_names(bases: tuple[str, ...] = BASES):
     except ValueError as e:
       raise argparse.ArgumentTypeError(str(e)) from None
   return parse
+
+
+def caffe_recipe(solver: Solver, lr_mult: Any = None, decay_mult: Any = None,
+                 layers: Any = "module", keep_stats: bool = False) -> Recipe:
+  """The :class:`Recipe` of a Caffe solver: its schedule, momentum and weight decay."""
+  return Recipe(schedule_fn(solver.base_lr, solver.schedule), solver.momentum,
+                solver.weight_decay, decay_mult, lr_mult, layers=layers, keep_stats=keep_stats)
 
 
 def make_optimizer(method: str, solver: Solver, lr_mult: Any, decay_mult: Any,
@@ -136,21 +310,4 @@ def make_optimizer(method: str, solver: Solver, lr_mult: Any, decay_mult: Any,
   ``keep_stats``: a "+layer" optimizer keeps each layer's last norm and factor in its state
   (``optax.tree_utils.tree_get(state, "layer_stats")``); the others are unchanged.
   """
-  base, suffix = method_suffix(method)
-  lr = schedule_fn(solver.base_lr, solver.schedule)
-  decay = decay_by_mult(solver.weight_decay, decay_mult)
-  mult = scale_by_mult(lr_mult)
-  if base in ("sgd", "nag"):
-    chained = {"": [], "layer": [lo.scale_by_layerwise_lr(layers, keep_stats=keep_stats)],
-               "relative": [relative.scale_by_relative_layerwise_lr(layers)]}[suffix]
-    mu = solver.momentum or None
-    return optax.chain(decay, *chained, mult, optax.sgd(lr, mu, nesterov=base == "nag"))
-  if base == "adagrad":
-    inner = optax.chain(optax.adagrad(lr, initial_accumulator_value=0.0, eps=1e-16), mult)
-  else:
-    inner = optax.chain(optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8), mult)
-  if suffix == "layer":
-    return optax.chain(decay, lo.with_layerwise_lr(inner, layers, keep_stats=keep_stats))
-  if suffix == "relative":
-    return optax.chain(decay, relative.with_relative_layerwise_lr(inner, layers))
-  return optax.chain(decay, inner)
+  return build(method, caffe_recipe(solver, lr_mult, decay_mult, layers, keep_stats)).tx

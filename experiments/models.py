@@ -4,6 +4,9 @@
 * ``Cifar10Quick`` and ``Cifar10Full`` (``examples/cifar10/``): 145,578 and 89,578.
 * ``AlexNet`` (``models/bvlc_alexnet``, with its two-group convolutions): 60,965,224.
 
+:data:`MODELS` also names the small batch-norm ResNet (:mod:`experiments.resnet`) and the
+char transformer (:mod:`experiments.transformer`) of the tuned comparisons.
+
 Caffe details kept:
 
 * Fillers. Xavier: ``U(-a, a)`` with ``a = sqrt(3 / fan_in)``, ``fan_in = C_in * k_h * k_w``;
@@ -36,6 +39,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from experiments.resnet import ResNet
+from experiments.transformer import CharTransformer
 
 xavier = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
 
@@ -172,9 +178,11 @@ class AlexNet(nn.Module):
     return _dense(self.num_classes, 0.01, name="fc8")(x)
 
 
+# Model name -> its Flax module class. One entry adds a model; every model is called
+# ``model.apply(variables, x, train=...)``.
 MODELS: dict[str, type[nn.Module]] = {
     "lenet": LeNet, "cifar10_quick": Cifar10Quick, "cifar10_full": Cifar10Full,
-    "alexnet": AlexNet}
+    "alexnet": AlexNet, "resnet": ResNet, "char_transformer": CharTransformer}
 
 
 def param_mults(model: nn.Module, params: Any) -> tuple[Any, Any]:

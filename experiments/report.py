@@ -1,4 +1,18 @@
-"""Reporting: the paper's Table I, paired differences, JSON/CSV curves and PNG plots.
+"""Reporting: every table and figure of the experiments.
+
+**The paper's protocol** (:mod:`examples.reproduce`): Table I, paired differences, JSON/CSV
+curves, test-error and effective-learning-rate plots.
+
+**Tuned comparisons** (:mod:`experiments.tuned`): ``table.md`` per workload
+(:func:`tuned_table`), ``tuning.png`` (mean final validation metric against learning rate per
+method, diverged points marked, the selected one ringed), ``test_curves.png`` (test metric
+against iteration at the selected rate, mean ± std band) and ``factors.png`` (each layer's
+factor of eq. 9 over training in the base methods' runs at their selected rate, mean over
+seeds; flat, equal lines would mean a uniform factor, which a global learning rate could
+replace); :func:`write_tuned` writes them.
+
+Numbers: :func:`experiments.stats.mean_pm_std` (the std to 2 significant digits, the mean to
+its decimal place).
 
 Table I form: one row per method, one column per evaluation iteration, each cell the mean
 test error over seeds ``± `` its sample standard deviation (``ddof = 1``), in percent.
@@ -15,18 +29,13 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 
 import numpy as np
 
-from experiments import files
-
-
-def mean_std(x: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and sample standard deviation (``ddof = 1``; 0 for a single sample) along ``axis``."""
-  x = np.asarray(x, np.float64)
-  mean = x.mean(axis)
-  return mean, (x.std(axis, ddof=1) if x.shape[axis] > 1 else np.zeros_like(mean))
+from experiments import files, records
+from experiments.stats import mean_pm_std, mean_std, number
 
 
 def pyplot():
@@ -177,3 +186,137 @@ def write_report(out: Path, results: dict[str, dict], config: dict, plots: bool 
     plot_test_error(out / "test_error.png", results, title)
     plot_effective_lr(out / "effective_lr.png", results, title)
   return md
+
+
+# --- tuned comparisons -------------------------------------------------------------------------
+
+
+def reached(iters: list[float]) -> str:
+  """Median iterations to the baseline's value and how many seeds reach it."""
+  hits = sum(1 for k in iters if math.isfinite(k))
+  median = float(np.median(iters))
+  return f"{number(median) if math.isfinite(median) else 'not reached'} ({hits}/{len(iters)})"
+
+
+def tuned_table(results: dict) -> str:
+  """``table.md`` of a tuned comparison's results (module doc)."""
+  direction = "lower" if results["lower_is_better"] else "higher"
+  seeds = results["protocol"]["seeds"]
+  lines = [f"# {results['workload']}: tuned comparison", "",
+           f"{results['metric']} ({direction} is better) after {results['iters']} iterations, "
+           f"mean ± std over {seeds} paired seeds at each method's selected learning rate "
+           f"({results['protocol']['selection']}; {results['protocol']['grid_seeds']} grid "
+           "seed(s)). Paired difference: method minus baseline, per seed; wins: seeds where "
+           "the method is better. Iterations: median over seeds to reach the baseline's mean "
+           "final validation value (seeds that reach it).", "",
+           "| method | baseline | selected lr | grid points (diverged) | validation | test | "
+           "paired test diff | wins | iterations to baseline val |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for method, r in results["methods"].items():
+    own = r["baseline"] == method
+    diff = "—" if own else mean_pm_std(r["paired_test_diff"])
+    wins = "—" if own else f"{r['wins']}/{len(r['paired_test_diff'])}"
+    lines.append(f"| {method} | {r['baseline']} | {r['selected_lr']:.3g} | "
+                 f"{len(r['grid'])} ({len(r['diverged'])}) | {mean_pm_std(r['val'])} | "
+                 f"{mean_pm_std(r['test'])} | {diff} | {wins} | "
+                 f"{reached(r['iters_to_baseline_val'])} |")
+  sizes = "; ".join(f"{k}: {v}" for k, v in results["sizes"].items())
+  environment = results["environment"]
+  lines += ["", f"Sizes: {sizes}.", "",
+            f"Wall time: {results['seconds']:.0f} s for this command, "
+            f"{results['train_seconds']:.0f} s of training in all runs "
+            f"({environment.get('backend')}, jax {environment.get('jax')}). "
+            f"Command: `{results['command']}`."]
+  return "\n".join(lines) + "\n"
+
+
+def selected_records(out: Path, results: dict, method: str) -> list[dict]:
+  """The run records of ``method`` at its selected rate, seeds 0..seeds-1."""
+  r = results["methods"][method]
+  found = []
+  for seed in range(results["protocol"]["seeds"]):
+    task = records.RunTask(method, r["selected_lr"], seed, results["iters"])
+    record = records.read_record(records.record_path(out, task), task)
+    if record is None:
+      raise FileNotFoundError(records.record_path(out, task))
+    found.append(record)
+  return found
+
+
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  save_figure(fig, path)
+
+
+def plot_tuning(path: Path, results: dict) -> None:
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  finite = [v for r in results["methods"].values() for lr, values in r["grid"].items()
+            if lr not in r["diverged"] for v in [float(np.mean(values))] if math.isfinite(v)]
+  top = max(finite) if finite else 1.0
+  bottom = min(finite) if finite else 0.0
+  ceiling = top + 0.1 * (top - bottom or 1.0)
+  for method, r in results["methods"].items():
+    lrs = np.array([float(lr) for lr in r["grid"]])
+    values = np.array([float(np.mean(v)) for v in r["grid"].values()])
+    bad = np.array([lr in r["diverged"] for lr in r["grid"]])
+    shown = np.where(np.isfinite(values), np.minimum(values, ceiling), ceiling)
+    line, = ax.plot(lrs[~bad], values[~bad], "o-", ms=4, label=method)
+    ax.plot(lrs[bad], shown[bad], "x", color=line.get_color(), ms=8)
+    best = float(np.mean(r["grid"][repr(r["selected_lr"])]))
+    ax.plot([r["selected_lr"]], [min(best, ceiling)], "o", ms=12, mfc="none",
+            color=line.get_color())
+  ax.set_xscale("log")
+  ax.set_ylim(bottom - 0.05 * (ceiling - bottom or 1.0), ceiling + 0.05 * (ceiling - bottom or 1.0))
+  _finish(fig, ax, path, "learning rate", f"final validation {results['metric']}",
+          f"{results['workload']}: grids (x diverged, drawn at the top; ring selected)")
+
+
+def plot_test_curves(path: Path, out: Path, results: dict) -> None:
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for method in results["methods"]:
+    runs = selected_records(out, results, method)
+    iters = runs[0]["eval_iters"]
+    mean, std = mean_std(np.array([r["test"] for r in runs], np.float64))
+    line, = ax.plot(iters, mean, label=method)
+    ax.fill_between(iters, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+  _finish(fig, ax, path, "iteration", f"test {results['metric']}",
+          f"{results['workload']}: at the selected learning rates, mean ± std over seeds")
+
+
+def plot_factors(path: Path, out: Path, results: dict) -> None:
+  plt = pyplot()
+  bases = [m for m, r in results["methods"].items() if r["baseline"] == m]
+  fig, axes = plt.subplots(1, len(bases), figsize=(5 * len(bases), 4), squeeze=False)
+  for ax, method in zip(axes[0], bases):
+    runs = selected_records(out, results, method)
+    names = list(runs[0]["factors"])
+    colors = plt.cm.viridis(np.linspace(0, 1, len(names)))
+    for name, color in zip(names, colors):
+      mean = np.mean([r["factors"][name] for r in runs], axis=0)
+      ax.plot(runs[0]["factor_iters"], mean, color=color, lw=1,
+              label=name if len(names) <= 12 else None)
+    ax.set_title(f"{method} at lr {results['methods'][method]['selected_lr']:.3g}", fontsize=9)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("factor 1 + ln(1 + 1/||g_l||)")
+    if len(names) <= 12:
+      ax.legend(fontsize=6)
+  fig.suptitle(f"{results['workload']}: per-layer factors (eq. 9), mean over seeds", fontsize=10)
+  save_figure(fig, path)
+
+
+def write_tuned(out: Path, results: dict, plots: bool = True) -> str:
+  """Writes a tuned comparison's ``table.md`` (and the figures unless ``plots`` is false);
+  returns the table."""
+  out = Path(out)
+  text = tuned_table(results)
+  files.write_text(out / "table.md", text)
+  if plots:
+    plot_tuning(out / "tuning.png", results)
+    plot_test_curves(out / "test_curves.png", out, results)
+    plot_factors(out / "factors.png", out, results)
+  return text

@@ -1,4 +1,4 @@
-"""Character-level text of Shakespeare's plays, split and encoded for ``evidence.charlm``.
+"""Character-level text of Shakespeare's plays, split and encoded for the char transformer.
 
 Sources (every one checked before it is read):
 
@@ -39,7 +39,6 @@ import json
 import os
 import re
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -49,6 +48,7 @@ from typing import NamedTuple
 import numpy as np
 
 from experiments import data as data_lib
+from experiments import files
 from experiments.cli import InputError
 
 SDIST = data_lib.Remote(
@@ -147,16 +147,6 @@ def default_index() -> str:
   return os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple/"
 
 
-def write_atomic(path: Path, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  finally:
-    Path(tmp).unlink(missing_ok=True)
-
-
 def _sha256(text: str) -> str:
   return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -177,7 +167,7 @@ def plays_text(folder: Path, download: bool, index_url: str | None = None) -> st
                        "index, or --text FILE")
     data_lib.download(sdist_url(index_url or default_index()), archive, SDIST)
   text = read_plays(archive)
-  write_atomic(cache, text)
+  files.write_text(cache, text)
   return text
 
 

@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -55,6 +53,8 @@ from . import methods as methods_lib
 from . import models as models_lib
 from .cli import InputError
 from .configs import Protocol
+from .engine import cross_entropy, make_order
+from .records import load_checkpoint, read_npz, save_checkpoint, save_npz
 
 
 class SeedState(NamedTuple):
@@ -114,18 +114,6 @@ def layer_names(protocol: Protocol, layers: Any = "module",
   """The names of the protocol model's layers under ``layers`` grouping (no data needed)."""
   model = models_lib.MODELS[protocol.model](num_classes=num_classes)
   return lo.make_plan(models_lib.abstract_params(model), layers).names
-
-
-def make_order(seed: int, n_train: int, iters: int, batch: int) -> np.ndarray:
-  """Minibatch indices (iters, batch): a fresh permutation of the training set each epoch."""
-  rng = np.random.default_rng(seed)
-  epochs = -(-iters * batch // n_train)
-  perm = np.concatenate([rng.permutation(n_train) for _ in range(epochs)])
-  return perm[: iters * batch].reshape(iters, batch).astype(np.int32)
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def make_recorder(solver, decay_mult: Any, layers: Any):
@@ -219,45 +207,6 @@ def init_state(setup: Setup, seed: int, iters: int, batch: int, n_eval: int) -> 
   return TrainState(jnp.zeros((), jnp.int32), s, jnp.asarray(order), key)
 
 
-def save_npz(path: Path, **arrays) -> None:
-  """``np.savez(path, **arrays)`` atomically: a temporary file renamed into place."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
-def read_npz(path: Path, what: str, fix: str) -> dict[str, np.ndarray]:
-  """All arrays of an .npz file; an unreadable file raises :class:`InputError` naming it,
-  what it is and ``fix`` (how to proceed)."""
-  try:
-    with np.load(path) as f:
-      return {k: f[k] for k in f.files}
-  except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
-    raise InputError(f"{path}: corrupt {what} ({type(e).__name__}: {e}); left in place: "
-                     f"{fix}") from None
-
-
-def save_checkpoint(path: Path, state: TrainState, tag: str) -> None:
-  """Writes all arrays of ``state`` and the ``tag`` of its configuration, atomically."""
-  leaves = jax.device_get(jax.tree.leaves(state))
-  save_npz(path, tag=np.array(tag), **{f"arr_{i}": a for i, a in enumerate(leaves)})
-
-
-def load_checkpoint(path: Path, like: TrainState, tag: str) -> TrainState:
-  """Restores a checkpoint of the configuration ``tag`` into the structure of ``like``."""
-  fix = "delete it to start this run afresh, or rerun the command that wrote it"
-  saved = read_npz(path, "checkpoint", fix)
-  leaves, treedef = jax.tree.flatten(like)
-  loaded = [saved.get(f"arr_{i}") for i in range(len(leaves))]
-  if str(saved.get("tag", "")) != tag or any(
-      a is None or a.shape != b.shape for a, b in zip(loaded, leaves)):
-    raise InputError(f"{path}: checkpoint of another configuration ("
-                     f"{saved.get('tag', 'untagged')}, not {tag}); left in place: {fix}")
-  return jax.tree.unflatten(treedef, [jnp.asarray(a, b.dtype) for a, b in zip(loaded, leaves)])
-
-
 class Runner:
   """One method under one protocol: builds and compiles once, then runs seed after seed.
 
@@ -307,7 +256,7 @@ class Runner:
     state = self.init(seed)
     tag = self.tag(seed)
     if checkpoint is not None and Path(checkpoint).exists():
-      state = load_checkpoint(checkpoint, state, tag)
+      state, _ = load_checkpoint(checkpoint, state, tag)
     end = self.iters if stop_after is None else min(self.iters, stop_after)
     t0 = time.perf_counter()
     for k in range(int(state.step), end):

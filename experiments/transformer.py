@@ -63,7 +63,8 @@ class CharTransformer(nn.Module):
   mlp_ratio: int = 4
 
   @nn.compact
-  def __call__(self, tokens: jax.Array) -> jax.Array:
+  def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
+    del train  # no dropout; taken so that every model of the registry is called alike
     positions = jnp.arange(tokens.shape[-1])
     stream = (nn.Embed(self.vocab, self.width, embedding_init=embedding_init,
                        name="token_embed")(tokens)

@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks import bench_step
 from examples import reproduce
-from experiments import configs, data, train
+from experiments import configs, data, records, train
 from studies import grouping, lr_sensitivity, saddle, vanishing
 from tests.generated_data import idx_bytes, write_idx_folder
 
@@ -159,7 +159,7 @@ def other_checkpoint(tmp_path_factory):
   dataset = data.load_dataset("mnist", folder, count=(64, 20))
   runner = train.Runner(configs.MNIST, "sgd", dataset, 5, batch_size=8)
   path = folder.parent / "other.npz"
-  train.save_checkpoint(path, runner.init(0), runner.tag(0))
+  records.save_checkpoint(path, runner.init(0), runner.tag(0))
   return folder, path
 
 

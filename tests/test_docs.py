@@ -111,7 +111,7 @@ def _command_texts() -> dict[str, str]:
 
 
 MAKE_COMMAND = re.compile(r"`make ([a-z][\w-]*)")
-PYTHON_MODULE = re.compile(r"python -m ((?:examples|studies|benchmarks|evidence)\.\w+)")
+PYTHON_MODULE = re.compile(r"python -m ((?:examples|studies|benchmarks|experiments)\.\w+)")
 
 
 def test_every_make_target_named_exists():

@@ -1,7 +1,8 @@
 """``--download`` for every dataset it is offered for, against a local HTTP server.
 
 The server (127.0.0.1, a free port) serves generated files in each dataset's published
-format; :data:`experiments.data.REMOTE` is pointed at it with the files' own checksums.
+format; the registry entries' ``remote`` (:data:`experiments.data.DATASETS`) point at it
+with the files' own checksums.
 """
 
 import functools
@@ -41,7 +42,7 @@ def digest(algorithm: str, raw: bytes) -> str:
 
 
 def serve_idx(root: Path, url: str, name: str, monkeypatch) -> dict:
-  """Generated IDX files under ``root/name``; REMOTE[name] points at them as the real
+  """Generated IDX files under ``root/name``; the registry's remote files point at them as the real
   table does (MD5 of the .gz for MNIST, sha256 of the content for Fashion-MNIST)."""
   arrays = write_idx_folder(root / name, n_train=12, n_test=5)
   remote = {}
@@ -53,8 +54,13 @@ def serve_idx(root: Path, url: str, name: str, monkeypatch) -> dict:
       content = digest("sha256", gzip.decompress(raw))
       remote[path.name] = data.Remote(f"{url}{name}/{path.name}", "sha256", content, True)
       monkeypatch.setitem(data.CONTENT_SHA256, f"{name}/{path.name[:-3]}", content)
-  monkeypatch.setitem(data.REMOTE, name, remote)
+  set_remote(monkeypatch, name, remote)
   return arrays
+
+
+def set_remote(monkeypatch, name: str, remote: dict) -> None:
+  """Points the download table of dataset ``name`` at ``remote`` for one test."""
+  monkeypatch.setitem(data.DATASETS, name, data.DATASETS[name]._replace(remote=remote))
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
@@ -64,13 +70,13 @@ def test_idx_download_verifies_and_loads(tmp_path, server, monkeypatch, name):
   ds = data.load_dataset(name, tmp_path / "got", download_missing=True, count=(12, 5))
   np.testing.assert_array_equal(ds.train_images[..., 0], arrays["train"][0])
   np.testing.assert_array_equal(ds.test_labels, arrays["test"][1])
-  assert sorted(p.name for p in (tmp_path / "got").iterdir()) == sorted(data.REMOTE[name])
+  assert sorted(p.name for p in (tmp_path / "got").iterdir()) == sorted(data.DATASETS[name].remote)
 
 
 def test_cifar10_download_extracts_atomically(tmp_path, server, monkeypatch):
   root, url = server
   archive = write_cifar_python_archive(root / "cifar-10-python.tar.gz", per_file=4)
-  monkeypatch.setitem(data.REMOTE, "cifar10", {archive.name: data.Remote(
+  set_remote(monkeypatch, "cifar10", {archive.name: data.Remote(
       url + archive.name, "md5", digest("md5", archive.read_bytes()))})
   ds = data.load_dataset("cifar10", tmp_path / "got", download_missing=True, count=(20, 4))
   assert ds.train_images.shape == (20, 32, 32, 3) and ds.test_labels.shape == (4,)
@@ -83,13 +89,13 @@ def test_checksum_mismatch_leaves_no_file(tmp_path, server, monkeypatch, name):
   root, url = server
   if name == "cifar10":
     archive = write_cifar_python_archive(root / "cifar-10-python.tar.gz")
-    monkeypatch.setitem(data.REMOTE, "cifar10", {archive.name: data.Remote(
+    set_remote(monkeypatch, "cifar10", {archive.name: data.Remote(
         url + archive.name, "md5", "0" * 32)})
   else:
     serve_idx(root, url, name, monkeypatch)
-    first = next(iter(data.REMOTE[name]))
-    monkeypatch.setitem(data.REMOTE[name], first,
-                        data.REMOTE[name][first]._replace(digest="0" * 64))
+    remote = data.DATASETS[name].remote
+    first = next(iter(remote))
+    set_remote(monkeypatch, name, {**remote, first: remote[first]._replace(digest="0" * 64)})
   with pytest.raises(data.InputError, match="mismatch: got [0-9a-f]+, expected 0+; the "
                                             "download is corrupt"):
     data.load_dataset(name, tmp_path / "got", download_missing=True)
@@ -105,8 +111,8 @@ def closed_port() -> int:
 def test_offline_download_is_one_line(tmp_path, monkeypatch, capsys):
   """No network (nothing listens on the port): one stderr line and exit 1, no traceback."""
   url = f"http://127.0.0.1:{closed_port()}/"
-  monkeypatch.setitem(data.REMOTE, "mnist", {
-      name: remote._replace(url=url + name) for name, remote in data.REMOTE["mnist"].items()})
+  set_remote(monkeypatch, "mnist", {name: remote._replace(url=url + name)
+                                    for name, remote in data.DATASETS["mnist"].remote.items()})
   with pytest.raises(SystemExit) as exit_info:
     reproduce.main(["--dataset", "mnist", "--download", "--data-dir", str(tmp_path / "d"),
                     "--out", str(tmp_path / "out"), "--no-progress"])

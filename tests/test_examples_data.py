@@ -57,10 +57,12 @@ def test_idx_checksum_mismatch(tmp_path, monkeypatch):
   for stem in [name for split in data.IDX_FILES.values() for name in split[:2]]:
     monkeypatch.setitem(data.CONTENT_SHA256, f"fashion_mnist/{stem}",
                         hashlib.sha256((tmp_path / stem).read_bytes()).hexdigest())
-  assert data.load_dataset("fashion_mnist", tmp_path, count=(12, 5)).train_images.shape[0] == 12
+  assert data.read_idx_split(tmp_path, "test", "fashion_mnist", 5)[0].shape[0] == 5
   monkeypatch.setitem(data.CONTENT_SHA256, "fashion_mnist/t10k-labels-idx1-ubyte", "0" * 64)
   with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte: sha256 mismatch"):
-    data.load_dataset("fashion_mnist", tmp_path, count=(12, 5))
+    data.read_idx_split(tmp_path, "test", "fashion_mnist", 5)
+  # Smaller files than the published ones (count given) are read without the hashes.
+  assert data.load_dataset("fashion_mnist", tmp_path, count=(12, 5)).train_images.shape[0] == 12
 
 
 def test_missing_data_says_how_to_get_it(tmp_path):

@@ -1,11 +1,13 @@
-"""One verdict table across the tuned comparisons: ``python -m evidence.verdict``.
+"""One verdict table across the tuned comparisons: ``python -m experiments.verdict``.
 
-Reads every ``results/evidence/<workload>/results.json`` present and writes
-``results/evidence/verdict.md``: per workload and base method (a method that is its own
-baseline), the tuned base, the tuned ``+layer`` (factor of eq. 9), the tuned ``+relative``
-(the factors divided by their mean over layers) and the layer-wise peers compared with that
-base (``optax.lars``, ``optax.lamb``), each with its final test metric (mean ± std over the
-paired seeds) and its paired difference to the base (mean ± std, wins/seeds).
+Reads every ``<results>/<workload>/results.json`` present (``--results``, default
+``runs/tuned``, where :mod:`experiments.tuned` writes; the committed ones are in
+``results/evidence``) and writes ``<results>/verdict.md``: per workload and base method (a
+method that is its own baseline), the tuned base, the tuned ``+layer`` (factor of eq. 9), the
+tuned ``+relative`` (the factors divided by their mean over layers) and the layer-wise peers
+compared with that base (``optax.lars``, ``optax.lamb``), each with its final test metric
+(mean ± std over the paired seeds) and its paired difference to the base (mean ± std,
+wins/seeds).
 
 The rule, per method against its tuned base (``d_s`` = method minus base on seed ``s``,
 ``n`` seeds, ``need = ceil(0.8 n)``, 4 of 5):
@@ -31,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from evidence import report, tuning
-from experiments import cli
+from experiments import cli, files, report, tuned
+from experiments.records import METHOD_KEYS
+from experiments.stats import mean_pm_std
 
-WORKLOADS = ("lenet", "resnet", "charlm")
+WORKLOADS = tuple(tuned.WORKLOADS)
 SHARE_TO_WIN = 0.8
-METHOD_KEYS = ("baseline", "selected_lr", "test", "paired_test_diff", "wins")
 RELATION = {"better": "better than", "worse": "worse than", "no difference": "no different from"}
 
 
@@ -95,12 +97,12 @@ def rows(results: dict) -> tuple[list[str], list[str]]:
     for method in compared(results, base):
       r = methods[method]
       own = method == base
-      diff = "—" if own else report.mean_pm_std(r["paired_test_diff"])
+      diff = "—" if own else mean_pm_std(r["paired_test_diff"])
       wins = "—" if own else f"{r['wins']}/{len(r['paired_test_diff'])}"
       verdict = "(tuned base)" if own else judge(r["paired_test_diff"],
                                                  results["lower_is_better"])
       lines.append(f"| {results['workload']} | {base} | {method} | {r['selected_lr']:.3g} | "
-                   f"{report.mean_pm_std(r['test'])} | {diff} | {wins} | {verdict} |")
+                   f"{mean_pm_std(r['test'])} | {diff} | {wins} | {verdict} |")
     sentences.append(f"- **{results['workload']}, {base}**: {summary(results, base)}")
   return lines, sentences
 
@@ -166,7 +168,7 @@ def verdict(all_results: list[dict], folder: Path | None = None) -> str:
 
 def load(folder: Path) -> list[dict]:
   """Every ``<folder>/<workload>/results.json``, in the order of :data:`WORKLOADS`, then by
-  name; an unreadable one raises :class:`~examples.paper.cli.InputError` naming it."""
+  name; an unreadable one raises :class:`~experiments.cli.InputError` naming it."""
   paths = sorted(folder.glob("*/results.json"),
                  key=lambda p: (WORKLOADS.index(p.parent.name)
                                 if p.parent.name in WORKLOADS else len(WORKLOADS), p.parent.name))
@@ -187,18 +189,21 @@ def load(folder: Path) -> list[dict]:
 
 @cli.reports_errors
 def main(argv=None) -> str:
-  parser = cli.Parser(prog="python -m evidence.verdict", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--results", type=Path, default=Path("results/evidence"),
+  parser = cli.Parser(prog="python -m experiments.verdict",
+                      description=__doc__.split("\n\n")[0])
+  parser.add_argument("--results", type=Path, default=Path("runs/tuned"),
                       help="folder of the workloads' outputs (default %(default)s)")
   parser.add_argument("--out", type=Path, default=None,
                       help="the verdict file (default RESULTS/verdict.md)")
   args = parser.parse_args(argv)
   if not args.results.is_dir():
-    raise cli.InputError(f"no folder {args.results}; run python -m evidence.lenet (or "
-                         "resnet, charlm) first, or pass its --out as --results")
+    raise cli.InputError(f"no folder {args.results}; run python -m experiments.tuned lenet "
+                         "(or resnet, charlm) first, or pass its --out's folder as --results")
+  out = args.out or args.results / "verdict.md"
+  cli.writable_folder(out.parent, "--out")
   all_results = load(args.results)
   text = verdict(all_results, args.results)
-  tuning.write_text(args.out or args.results / "verdict.md", text)
+  files.write_text(out, text)
   print(text)
   return text
 

@@ -1,12 +1,11 @@
-"""evidence/verdict.py on synthetic results.json files: the rule and the summary in words."""
+"""experiments/verdict.py on synthetic results.json files: the rule and the summary in words."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from evidence import report, tuning, verdict
-from experiments import cli
+from experiments import cli, records, report, stats, tuning, verdict
 
 
 def method(baseline, diffs, lr=0.01, base_test=1.0):
@@ -66,8 +65,8 @@ def test_errors_name_the_file(tmp_path, capsys):
     verdict.main(["--results", str(tmp_path / "none")])
   assert exited.value.code == 1
   assert capsys.readouterr().err == (
-      f"error: no folder {tmp_path / 'none'}; run python -m evidence.lenet (or resnet, "
-      "charlm) first, or pass its --out as --results\n")
+      f"error: no folder {tmp_path / 'none'}; run python -m experiments.tuned lenet (or "
+      "resnet, charlm) first, or pass its --out's folder as --results\n")
   assert verdict.main(["--results", str(tmp_path)]).endswith(
       "\n\nNo workload has been run yet (lenet, resnet, charlm).\n")
   write(tmp_path, "lenet", {"sgd": {"baseline": "sgd"}})
@@ -107,18 +106,18 @@ def test_committed_grids_reach_the_divergence_edge_except_adamw_on_charlm():
 
 
 def test_mean_pm_std_rounds_to_the_std():
-  assert report.mean_pm_std([14.0, 16.3]) == "15.2 ± 1.6"
-  assert report.mean_pm_std([1.0, 1.1409]) == "1.07 ± 0.10"  # 0.0996 rounds up a digit
-  assert report.mean_pm_std([100.0, 300.0, 500.0]) == "300 ± 200"
-  assert report.mean_pm_std([1.0, 1.0]) == "1 ± 0"
-  assert report.mean_pm_std([0.1, float("nan")]) == "nan ± nan"
-  assert report.mean_pm_std([0.1, 0.1 + 3e-16]) == "0.1 ± 2.159e-16"  # rounding noise
+  assert stats.mean_pm_std([14.0, 16.3]) == "15.2 ± 1.6"
+  assert stats.mean_pm_std([1.0, 1.1409]) == "1.07 ± 0.10"  # 0.0996 rounds up a digit
+  assert stats.mean_pm_std([100.0, 300.0, 500.0]) == "300 ± 200"
+  assert stats.mean_pm_std([1.0, 1.0]) == "1 ± 0"
+  assert stats.mean_pm_std([0.1, float("nan")]) == "nan ± nan"
+  assert stats.mean_pm_std([0.1, 0.1 + 3e-16]) == "0.1 ± 2.159e-16"  # rounding noise
 
 
 @pytest.mark.parametrize("workload", ["lenet", "resnet", "charlm"])
 def test_committed_table_is_rendered_from_the_committed_results(workload):
   results = json.loads((COMMITTED / workload / "results.json").read_text())
-  assert (COMMITTED / workload / "table.md").read_text() == report.table(results)
+  assert (COMMITTED / workload / "table.md").read_text() == report.tuned_table(results)
 
 
 def test_factor_table_from_the_run_records(tmp_path):
@@ -129,12 +128,19 @@ def test_factor_table_from_the_run_records(tmp_path):
   factors = {0: {"a": [1.0, 2.0, 2.0], "b": [3.0, 2.0, 4.0]},
              1: {"a": [1.5, 1.0, float("nan")], "b": [1.5, 3.0, float("nan")]}}
   for seed, layers in factors.items():
-    task = tuning.RunTask("sgd", 0.01, seed, 10)
-    record = {key: [] for key in tuning.RECORD_KEYS} | {"factors": layers}
-    tuning.write_json(tuning.record_path(tmp_path / "lenet", task),
-                      {"task": task._asdict(), "record": record})
+    task = records.RunTask("sgd", 0.01, seed, 10)
+    records.write_record(tmp_path / "lenet", task,
+                         {key: [] for key in records.RECORD_KEYS} | {"factors": layers})
   rows = verdict.factor_rows(tmp_path, [results])
   # first: 1, 3, 1.5, 1.5; last: 2, 4; max/min: 3, 1, 2, 1, 3 (NaN column left out) -> 2.
   assert rows[-1] == "| lenet | sgd | 2 | 1.00-3.00 | 2.00-4.00 | 2.00 |"
   assert len([row for row in rows if row.startswith("| lenet")]) == 1  # sgd+layer: no base
   assert verdict.factor_rows(tmp_path / "elsewhere", [results]) == []
+
+
+def test_unwritable_out_is_one_line(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exited:
+    verdict.main(["--results", str(tmp_path), "--out", "/proc/x/verdict.md"])
+  assert exited.value.code == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: cannot write to /proc/x") and err.count("\n") == 1

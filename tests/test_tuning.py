@@ -1,4 +1,4 @@
-"""The tuning protocol (evidence/tuning.py) on a fake workload whose final validation metric
+"""The tuning protocol (experiments/tuning.py) on a fake workload whose final validation metric
 is analytic: offset + (log10 lr - log10 best)^2 + seed noise, non-finite above a rate."""
 
 import dataclasses
@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evidence import report, tuning
-from experiments import cli
+from experiments import cli, engine, records, report, tuned, tuning
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,11 +19,11 @@ EVAL_ITERS = [5, 10, 15, 20]
 # method -> (grid centre, best rate, offset, rates above which the loss is non-finite)
 SHAPES = {"mid": (0.01, 0.01, 0.2, 0.05), "low": (1.0, 1e-3, 0.3, 3.0),
           "up": (1e-3, 0.1, 0.1, 0.2)}
-CALLS: list[tuning.RunTask] = []
+CALLS: list[records.RunTask] = []
 
 
-def fake_train(dataset, task, progress):
-  assert dataset == "data"
+def fake_train(dataset, task, progress, checkpoint=None):
+  assert dataset == "data" and checkpoint == records.checkpoint_path(OUT[0], task)
   CALLS.append(task)
   _, best, offset, limit = SHAPES[task.method]
   final = offset + (math.log10(task.lr) - math.log10(best)) ** 2 + 0.01 * task.seed
@@ -52,6 +51,14 @@ def fake_workload(**changes) -> tuning.Workload:
 
 def grid_rates(centre, ks):
   return [repr(tuning.grid_lr(centre, 10 ** 0.5, k)) for k in ks]
+
+
+OUT: list[Path] = []  # the output folder of the run under test
+
+
+@pytest.fixture(autouse=True)
+def out(tmp_path):
+  OUT[:] = [tmp_path]
 
 
 @pytest.fixture
@@ -125,29 +132,34 @@ def test_resume_trains_nothing_new(results, tmp_path):
 
 
 def test_corrupt_record_is_one_line_naming_the_file(results, tmp_path):
-  path = tuning.record_path(tmp_path, tuning.RunTask("up", results["methods"]["up"]
-                                                     ["selected_lr"], 1, ITERS))
+  path = records.record_path(tmp_path, records.RunTask("up", results["methods"]["up"]
+                                                       ["selected_lr"], 1, ITERS))
   path.write_text('{"task": ')
   with pytest.raises(cli.InputError, match="is not a run record") as error:
     tuning.run(fake_workload(), tmp_path, workers=1, log=lambda line: None)
   assert str(path) in str(error.value) and "\n" not in str(error.value)
-  other_length = tuning.RunTask("mid", 0.01, 0, ITERS + 1)  # its record is of ITERS
+  other_length = records.RunTask("mid", 0.01, 0, ITERS + 1)  # its record is of ITERS
   with pytest.raises(cli.InputError, match="pass another --out or delete it"):
-    tuning.read_record(tuning.record_path(tmp_path, other_length), other_length)
+    records.read_record(records.record_path(tmp_path, other_length), other_length)
 
 
 def test_methods_subset_adds_baselines():
-  chosen = tuning.choose_methods(fake_workload(), "up", log=lambda line: None)
-  assert chosen.methods == {"up": 1e-3, "mid": 0.01}
-  with pytest.raises(cli.InputError, match="unknown method nope for fake"):
-    tuning.choose_methods(fake_workload(), "up,nope", log=lambda line: None)
+  entry = tuned.WORKLOADS["resnet"]
+  centres, baseline = tuned.choose_methods(entry, "nag+layer,optax.lars,adam+relative",
+                                           log=lambda line: None)
+  assert centres == {"nag+layer": 0.1, "optax.lars": 10.0, "adam+relative": 0.1, "nag": 0.1,
+                     "sgd": 0.1, "adam": 0.1}
+  assert baseline == {"nag+layer": "nag", "optax.lars": "sgd", "adam+relative": "adam",
+                      "nag": "nag", "sgd": "sgd", "adam": "adam"}
+  with pytest.raises(cli.UsageError, match="unknown method nope; use some of sgd, sgd[+]layer"):
+    tuned.choose_methods(entry, "nag,nope", log=lambda line: None)
 
 
-def test_main_writes_table_and_figures(tmp_path, capsys):
+def test_report_writes_table_and_figures(tmp_path, capsys):
   CALLS.clear()
-  args = tuning.parser("fake", "A fake workload.", iters=ITERS).parse_args(
-      ["--out", str(tmp_path), "--workers", "1", "--seeds", "4"])
-  tuning.main(fake_workload(), args)
+  results = tuning.run(fake_workload(seeds=4), tmp_path, workers=1, log=lambda line: None,
+                       command="python -m experiments.tuned fake")
+  print(report.write_tuned(tmp_path, results))
   stored = json.loads((tmp_path / "results.json").read_text())
   table = (tmp_path / "table.md").read_text()
   assert table in capsys.readouterr().out
@@ -164,13 +176,13 @@ def test_main_writes_table_and_figures(tmp_path, capsys):
   assert rows["mid"].endswith("| 0.715 ± 0.013 | — | — | not reached (2/4) |")
   assert re.search(r"\| 0\.1 ± [0-9.e-]+ \| 0/4 \| not reached \(0/4\) \|$", rows["low"])
   assert "Sizes: model: analytic." in table
-  assert stored["command"] == f"python -m evidence.fake --out {tmp_path} --workers 1 --seeds 4"
+  assert stored["command"] == "python -m experiments.tuned fake"
 
 
 def test_eval_iters_are_those_of_the_committed_runs():
-  assert tuning.eval_iters(6, 2) == [3, 6]
-  assert tuning.eval_iters(2, 5) == [1, 2]  # fewer points than asked when iters < points
+  assert engine.eval_iters(6, 2) == [3, 6]
+  assert engine.eval_iters(2, 5) == [1, 2]  # fewer points than asked when iters < points
   for workload, iters, points in (("lenet", 300, 3), ("charlm", 600, 5)):
     record = json.loads(next((ROOT / "results" / "evidence" / workload / "runs").rglob(
         "*.json")).read_text())
-    assert record["record"]["eval_iters"] == tuning.eval_iters(iters, points)
+    assert record["record"]["eval_iters"] == engine.eval_iters(iters, points)

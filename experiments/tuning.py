@@ -1,4 +1,4 @@
-r"""The tuning protocol every workload of :mod:`evidence` follows (docs/evidence.md).
+r"""The tuning protocol of the tuned comparisons (:mod:`experiments.tuned`, docs/evidence.md).
 
 Each method gets its own learning-rate grid around its centre ``c``,
 
@@ -20,8 +20,10 @@ method (method minus baseline, per seed) and the wins (seeds where the method is
 and per seed the first evaluation iteration whose validation metric reaches the tuned
 baseline's mean final validation metric (inf when none does).
 
-Every run is one JSON record under ``out/runs/<method>/lr<lr>_seed<s>.json``, written
-atomically as it finishes; a rerun with the same ``--out`` trains only the missing runs.
+Every run is one run record (:mod:`experiments.records`) under
+``out/runs/<method>/lr<lr>_seed<s>.json``, written atomically as it finishes; a rerun with the
+same ``--out`` trains only the missing runs, and a run stopped midway resumes from its
+checkpoint. The results follow the schema of :mod:`experiments.records`.
 
 References:
   Nado, Gilmer, Shallue, Anil, Dahl. "A Large Batch Optimizer Reality Check: Traditional,
@@ -32,35 +34,21 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
+import functools
 import math
-import os
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from experiments import cli, pool
-from studies import outputs
+from experiments import cli, pool, records
+from experiments.records import RunTask, final, read_record, record_path
 
-RECORD_KEYS = ("eval_iters", "val", "test", "train_loss", "factor_iters", "factors", "wall_s")
 SELECTION = "mean final validation metric over grid seeds"
-
-
-class RunTask(NamedTuple):
-  """One training run: ``method`` at learning rate ``lr`` from seed ``seed``."""
-
-  method: str
-  lr: float
-  seed: int
-  iters: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,64 +70,6 @@ class Workload:
   grid_seeds: int = 1
   seeds: int = 5
   max_extensions: int = 4
-
-
-def write_text(path: Path, text: str) -> None:
-  """Writes ``text`` to ``path`` atomically (a temporary file renamed into place)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as file:
-      file.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
-
-
-def write_json(path: Path, value: Any) -> None:
-  """Writes ``value`` as JSON (NaN and inf as JSON's NaN/Infinity tokens) atomically."""
-  write_text(path, json.dumps(plain(value), indent=1) + "\n")
-
-
-def plain(value: Any) -> Any:
-  """``value`` with NumPy values as Python ones; NaN and inf are kept."""
-  if isinstance(value, dict):
-    return {str(k): plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple, np.ndarray)):
-    return [plain(v) for v in value]
-  if isinstance(value, (np.floating, float)):
-    return float(value)
-  if isinstance(value, np.integer):
-    return int(value)
-  return value
-
-
-def record_path(out: Path, task: RunTask) -> Path:
-  return out / "runs" / task.method / f"lr{task.lr!r}_seed{task.seed}.json"
-
-
-def read_record(path: Path, task: RunTask) -> dict | None:
-  """The RunRecord of ``task`` stored at ``path``, ``None`` if there is none."""
-  if not path.exists():
-    return None
-  try:
-    stored = json.loads(path.read_text())
-    record = stored["record"]
-    missing = [k for k in RECORD_KEYS if k not in record]
-    if missing:
-      raise KeyError(", ".join(missing))
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise cli.InputError(f"{path} is not a run record ({type(e).__name__}: {e}); delete it "
-                         "to train that run again") from None
-  if stored.get("task") != plain(task._asdict()):
-    raise cli.InputError(f"{path} holds the run {stored.get('task')}, not {task._asdict()}; "
-                         "pass another --out or delete it")
-  return record
-
-
-def final(values: list[float]) -> float:
-  return float(values[-1]) if values else math.nan
 
 
 def diverged(record: dict, workload: Workload) -> bool:
@@ -175,12 +105,6 @@ def select_lr(grid: dict[Any, list[float]], lower_is_better: bool) -> float:
 
 def grid_lr(centre: float, ratio: float, k: int) -> float:
   return float(centre * ratio ** k)
-
-
-def eval_iters(iters: int, points: int) -> list[int]:
-  """A run's evaluation iterations (its RunRecord's ``eval_iters``): ``points`` evenly
-  spaced in 1..iters, the last one ``iters`` (fewer when ``iters < points``)."""
-  return sorted({max(1, round(iters * (i + 1) / points)) for i in range(points)})
 
 
 def iters_to_reach(record: dict, target: float, lower_is_better: bool) -> float:
@@ -222,13 +146,19 @@ class _Runs:
       self.dataset = self.workload.load_data()  # run_tasks trains here; load it once
     with tqdm(total=len(missing) * self.workload.iters, unit="it", desc=title,
               smoothing=0.05) as bar:
-      pool.run_tasks(self.workload.train, missing, self.workers, self.workload.load_data,
-                     dataset=self.dataset, on_result=self.store, progress=bar.update)
+      pool.run_tasks(functools.partial(train_resuming, train=self.workload.train, out=self.out),
+                     missing, self.workers, self.workload.load_data, dataset=self.dataset,
+                     on_result=self.store, progress=bar.update)
 
   def store(self, task: RunTask, record: dict) -> None:
-    record = plain(record)
-    write_json(record_path(self.out, task), {"task": task._asdict(), "record": record})
-    self.records[task] = record
+    self.records[task] = records.write_record(self.out, task, record)
+
+
+def train_resuming(dataset, task: RunTask, progress: Callable[[int], None], *, train: Callable,
+                   out: Path) -> dict:
+  """``train`` (``experiments.engine.train`` bound to a setup) with the task's checkpoint
+  under ``out`` (:func:`experiments.records.checkpoint_path`)."""
+  return train(dataset, task, progress, checkpoint=records.checkpoint_path(out, task))
 
 
 def _grid_round(runs: _Runs, spans: dict[str, list[int]]) -> dict[str, list[int]]:
@@ -322,78 +252,8 @@ def run(workload: Workload, out: Path, workers: int = 2, log: Callable[[str], No
                    "diverged_at": workload.diverged_at, "selection": SELECTION},
       "methods": methods,
       "train_seconds": sum(r["wall_s"] for r in runs.records.values()),
-      "environment": outputs.environment(),
-      "command": command or f"python -m evidence.{workload.name}",
+      "environment": records.environment(),
+      "command": command or f"python -m experiments.tuned {workload.name}",
       "seconds": time.perf_counter() - start}
-  write_json(out / "results.json", results)
+  records.write_json(out / "results.json", results)
   return results
-
-
-class _Parser(cli.Parser):
-  """Records the command line it parsed as ``args.command`` (for results.json)."""
-
-  def parse_known_args(self, args=None, namespace=None):
-    argv = sys.argv[1:] if args is None else list(args)
-    parsed, rest = super().parse_known_args(argv, namespace)
-    parsed.command = " ".join([self.prog, *argv])
-    return parsed, rest
-
-
-def parser(name: str, doc: str, iters: int, seeds: int | None = None,
-           grid_seeds: int | None = None, workers: int = 2) -> cli.Parser:
-  """The options every workload has; ``None`` defaults mean the :class:`Workload`'s own.
-
-  ``--out`` (default results/evidence/<name>), ``--workers``, ``--iters``, ``--seeds``,
-  ``--grid-seeds``, ``--methods`` (a comma-separated subset; the baselines they need are
-  added), ``--no-plots``. A workload adds its own options to the returned parser.
-  """
-  result = _Parser(prog=f"python -m evidence.{name}", description=doc,
-                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  result.add_argument("--out", type=Path, default=Path("results/evidence") / name,
-                      help="output folder; its runs/ records make a rerun resume "
-                           "(default %(default)s)")
-  result.add_argument("--workers", type=cli.positive_int, default=workers,
-                      help="worker processes, one core each (default %(default)s)")
-  result.add_argument("--iters", type=cli.positive_int, default=iters,
-                      help="training iterations per run (default %(default)s)")
-  result.add_argument("--seeds", type=cli.positive_int, default=seeds,
-                      help="seeds at the selected learning rate (default: the workload's, 5)")
-  result.add_argument("--grid-seeds", type=cli.positive_int, default=grid_seeds,
-                      help="seeds per grid point (default: the workload's, 1)")
-  result.add_argument("--methods", default=None,
-                      help="comma-separated subset of the workload's methods (default all)")
-  result.add_argument("--no-plots", action="store_true", help="skip the figures")
-  return result
-
-
-def choose_methods(workload: Workload, spec: str | list[str] | None,
-            log: Callable[[str], None]) -> Workload:
-  """``workload`` restricted to the methods of ``spec`` and the baselines they need."""
-  if spec is None:
-    return workload
-  names = [m.strip() for m in spec.split(",")] if isinstance(spec, str) else list(spec)
-  names = [m for m in names if m]
-  unknown = [m for m in names if m not in workload.methods]
-  if unknown or not names:
-    raise cli.InputError(f"unknown method {', '.join(unknown) or '(none given)'} for "
-                         f"{workload.name}; use some of {', '.join(workload.methods)}")
-  needed = list(dict.fromkeys(names + [workload.baseline[m] for m in names]))
-  if len(needed) > len(names):
-    log(f"adding the baselines {', '.join(needed[len(names):])}")
-  return dataclasses.replace(workload, methods={m: workload.methods[m] for m in needed},
-                             baseline={m: workload.baseline[m] for m in needed})
-
-
-@cli.reports_errors
-def main(workload: Workload, args: argparse.Namespace) -> None:
-  """Runs ``workload`` with the common options of :func:`parser`, writes table.md and the
-  figures (:mod:`evidence.report`) and prints the table."""
-  from evidence import report
-
-  workload = choose_methods(workload, args.methods, print)
-  workload = dataclasses.replace(
-      workload, iters=args.iters, seeds=args.seeds or workload.seeds,
-      grid_seeds=args.grid_seeds or workload.grid_seeds)
-  out = cli.writable_folder(args.out)
-  results = run(workload, out, args.workers, command=getattr(args, "command", None))
-  print(report.write(out, results, plots=not args.no_plots))
