@@ -318,22 +318,20 @@ def lamb(learning_rate: optax.ScalarOrSchedule, b1: ArrayLike = 0.9, b2: ArrayLi
     An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params``.
 
   Examples:
-    >>> import jax
     >>> import jax.numpy as jnp
-    >>> import optax
     >>> import layerwise_optax as lo
-    >>> def f(p): return jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2)
-    >>> params = {"w": jnp.array([1.0, 2.0, 3.0]), "b": jnp.array([0.5])}
-    >>> solver = lo.lamb(learning_rate=0.01, weight_decay=1e-4,
-    ...                  trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.size > 1, p))
-    >>> state = solver.init(params)
-    >>> for _ in range(3):
-    ...   updates, state = solver.update(jax.grad(f)(params), state, params)
-    ...   params = optax.apply_updates(params, updates)
-    ...   print(f"{f(params):.4f}")
-    13.9823
-    13.7199
-    13.4627
+    >>> params = {"blocks": {"w": jnp.array([[1.0, 2.0], [0.1, 0.2]])},  # 2 scanned blocks
+    ...           "head": {"b": jnp.zeros(2)}}
+    >>> grads = {"blocks": {"w": jnp.array([[0.5, -0.5], [0.5, -0.5]])},
+    ...          "head": {"b": jnp.ones(2)}}
+    >>> solver = lo.lamb(learning_rate=0.01, stacked="blocks", keep_stats=True)
+    >>> updates, state = solver.update(grads, solver.init(params), params)
+    >>> ratios = lo.trust_ratio_stats(state).ratios  # block 0, block 1, the zero bias
+    >>> print([f"{r:.4f}" for r in ratios])
+    ['1.5812', '0.1581', '1.0000']
+    >>> print(updates["blocks"]["w"])  # Adam's step (about 1 per entry) times each ratio
+    [[-0.01581139  0.01581139]
+     [-0.00158114  0.00158114]]
 
   References:
     You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes",
