@@ -369,7 +369,8 @@ def scale_by_trust_ratio(min_norm: ArrayLike = 0.0, trust_coefficient: ArrayLike
   def init_fn(params: optax.Params) -> optax.OptState:
     if keep_stats:
       return TrustRatioState(_initial_stats(params, mask, layers, stacked))
-    _masked_plan(params, mask, layers, stacked)  # raises early for a bad grouping or mask
+    if jax.tree.leaves(params):  # not tree_map_params' stand-in, which has no layers
+      _masked_plan(params, mask, layers, stacked)  # raises early for a bad grouping or mask
     return optax.EmptyState()
 
   def update_fn(updates: optax.Updates, state: optax.OptState,

@@ -247,6 +247,20 @@ def test_tree_map_params_keeps_the_trust_ratio_stats():
   assert list(stats) == ["Conv_0/kernel", "Dense_0/kernel"]
 
 
+@pytest.mark.parametrize("keep_stats", [False, True])
+def test_tree_map_params_with_a_label_tree_for_layers(keep_stats):
+  labels = {"Conv_0": "conv", "Dense_0": "dense", "scale": "dense"}
+  tx = lo.lars(0.1, layers=labels, keep_stats=keep_stats)
+  _, state = run(tx, steps=1)
+  mapped = optax.tree_utils.tree_map_params(tx, lambda p: 2 * p, state)
+  chex.assert_trees_all_close(optax.tree_utils.tree_get(mapped, "trace"), jax.tree.map(
+      lambda t: 2 * t, optax.tree_utils.tree_get(state, "trace")))
+  if keep_stats:
+    assert list(lo.trust_ratio_stats(mapped)) == ["conv", "dense"]
+  with pytest.raises(ValueError, match="label tree does not match"):
+    tx.init({"Conv_0": PARAMS["Conv_0"], "other": PARAMS["scale"]})
+
+
 ROUND_TRIPS = {"lars": lambda: lo.lars(0.1, weight_decay=1e-3, layers="module",
                                        keep_stats=True),
                "inject_hyperparams(lamb)": lambda: optax.inject_hyperparams(lo.lamb)(
