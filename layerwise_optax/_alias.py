@@ -79,7 +79,7 @@ def sgd(learning_rate: optax.ScalarOrSchedule, momentum: ArrayLike | None = None
     axis_name: the mapped axis to sum over, see :func:`scale_by_layerwise_lr`.
     accumulator_dtype: dtype of the momentum buffer, as in ``optax.sgd``.
     keep_stats: keep the last step's ``{layer name: LayerFactor(norm, factor)}`` of the
-      decayed gradients in the state (``optax.tree_utils.tree_get(state, "layer_stats")``).
+      decayed gradients in the state; read them with :func:`layer_stats`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its state is the chain's tuple
@@ -158,7 +158,7 @@ def adagrad(learning_rate: optax.ScalarOrSchedule, initial_accumulator_value: Ar
     norm_eps: :math:`\epsilon`, see :func:`scale_by_layerwise_lr`.
     axis_name: the mapped axis to sum over, see :func:`scale_by_layerwise_lr`.
     keep_stats: keep the last step's ``{layer name: LayerFactor(norm, factor)}`` of the
-      decayed gradients in the state (``optax.tree_utils.tree_get(state, "layer_stats")``).
+      decayed gradients in the state; read them with :func:`layer_stats`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; its state is the chain's tuple

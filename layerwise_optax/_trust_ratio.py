@@ -146,8 +146,7 @@ class TrustRatioState(NamedTuple):
   Attributes:
     trust_ratio_stats: the :class:`TrustRatioStats` mapping ``{layer name:
       TrustRatio(param_norm, update_norm, ratio)}`` of the last step (norms 0 and ratios 1
-      before the first step); read it with
-      ``optax.tree_utils.tree_get(state, "trust_ratio_stats")``.
+      before the first step); read it with :func:`trust_ratio_stats`.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -325,7 +324,7 @@ def scale_by_trust_ratio(min_norm: ArrayLike = 0.0, trust_coefficient: ArrayLike
       layer's. Not needed under ``jax.jit`` with sharded arrays.
     keep_stats: keep the last step's ``{layer name: TrustRatio(param_norm, update_norm,
       ratio)}`` in the state (:class:`TrustRatioState`; read it with
-      ``optax.tree_utils.tree_get(state, "trust_ratio_stats")``). Off by default: the state
+      :func:`trust_ratio_stats`). Off by default: the state
       is then ``optax.EmptyState()``.
 
   Returns:
