@@ -213,7 +213,6 @@ def launch(module: str, prog: str, argv: list[str], args: argparse.Namespace) ->
   logs = tempfile.mkdtemp(prefix=f"{prog}-")
   procs, paths = [], []
   env = dict(os.environ, **{LAUNCHER_PID: str(os.getpid())})
-  report = None
   try:
     for i in range(args.processes):
       paths.append(os.path.join(logs, f"process{i}.log"))

@@ -37,7 +37,8 @@ def test_launcher_matches_one_device_in_float64(tmp_path):
   proc = commands.run(commands.python(
       "-m", "examples.train_mesh", "--devices", "8", "--processes", "2", "--batch", "16",
       "--synthetic", "--iters", str(ITERS), "--x64", "--mode", "both", "--methods",
-      ",".join(METHODS), "--json", str(tmp_path / "mesh.json")), env=commands.cpu_env())
+      ",".join(METHODS), "--json", str(tmp_path / "mesh.json")),
+      env=commands.cpu_env(optimized=True))
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert "float64" in proc.stdout and "mesh of 8 cpu devices in 2 process(es)" in proc.stdout
   assert not RUNTIME_LINE.search(proc.stdout + proc.stderr), proc.stdout + proc.stderr
@@ -65,7 +66,8 @@ def test_processes_started_by_hand_as_the_docs_say():
   port = str(mesh_processes.free_port())
   procs = [subprocess.Popen(
       commands.python(*shlex.split(line.replace("PORT", port))[1:]), cwd=commands.ROOT,
-      env=commands.cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      env=commands.cpu_env(optimized=True), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
       for line in reversed(lines)]  # process 1 first: it waits for the coordinator
   try:
     outputs = [proc.communicate(timeout=commands.limit()) for proc in procs]

@@ -22,7 +22,7 @@ def test_dp_and_fsdp_match_one_device_float64(tmp_path):
   proc = commands.run(commands.python(
       "-m", "examples.train_mesh", "--devices", "8", "--mode", "both", "--iters", str(ITERS),
       "--batch", "16", "--synthetic", "--x64", "--json", str(tmp_path / "mesh.json")),
-      env=commands.cpu_env())
+      env=commands.cpu_env(optimized=True))
   out = proc.stdout + proc.stderr
   assert proc.returncode == 0, out
   assert "float64" in out and "mesh of 8 cpu devices in 1 process(es)" in out, out
