@@ -4,8 +4,9 @@
 * ``Cifar10Quick`` and ``Cifar10Full`` (``examples/cifar10/``): 145,578 and 89,578.
 * ``AlexNet`` (``models/bvlc_alexnet``, with its two-group convolutions): 60,965,224.
 
-:data:`MODELS` also names the small batch-norm ResNet (:mod:`experiments.resnet`) and the
-char transformer (:mod:`experiments.transformer`) of the tuned comparisons.
+:data:`MODELS` also names the studies' deep ``MLP`` and ``DeepLinear`` network, and the small
+batch-norm ResNet (:mod:`experiments.resnet`) and the char transformer
+(:mod:`experiments.transformer`) of the tuned comparisons.
 
 Caffe details kept:
 
@@ -178,11 +179,64 @@ class AlexNet(nn.Module):
     return _dense(self.num_classes, 0.01, name="fc8")(x)
 
 
+
+ACTIVATIONS = {"sigmoid": nn.sigmoid, "tanh": jnp.tanh}
+
+
+class MLP(nn.Module):
+  """``784 -> width x depth -> num_classes``: ``depth`` hidden layers of ``activation`` units
+  (``dense0`` ... ``dense{depth}``), Caffe's Xavier fill with its bound times ``init_gain``
+  (``U(-a, a)``, ``a = init_gain * sqrt(3 / fan_in)``), zero biases (Glorot & Bengio 2010:
+  the deep sigmoid net whose gradients vanish towards the input)."""
+
+  num_classes: int = 10
+  depth: int = 10
+  width: int = 128
+  activation: str = "sigmoid"
+  init_gain: float = 1.0
+  input_shape = (28, 28, 1)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    fill = nn.initializers.variance_scaling(self.init_gain ** 2, "fan_in", "uniform")
+    x = _flatten(x)
+    for i in range(self.depth):
+      x = ACTIVATIONS[self.activation](nn.Dense(self.width, kernel_init=fill,
+                                                name=f"dense{i}")(x))
+    return nn.Dense(self.num_classes, kernel_init=fill, name=f"dense{self.depth}")(x)
+
+
+class DeepLinear(nn.Module):
+  """``x -> W_D ... W_1 x``: ``depth`` square bias-free layers ``layer0`` ... (each one array,
+  ``kernel = W_i^T``) with entries ``N(0, (init_scale / sqrt(width))^2)``, so each layer's
+  gain is about ``init_scale`` (Saxe et al. 2014: near the origin, a saddle of order
+  ``depth``)."""
+
+  width: int = 16
+  depth: int = 6
+  init_scale: float = 0.3
+  num_classes: int = 0  # unused: the output has ``width`` values
+
+  @property
+  def input_shape(self) -> tuple[int]:
+    return (self.width,)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    fill = nn.initializers.normal(self.init_scale / math.sqrt(self.width))
+    for i in range(self.depth):
+      x = nn.Dense(self.width, use_bias=False, kernel_init=fill, name=f"layer{i}")(x)
+    return x
+
+
 # Model name -> its Flax module class. One entry adds a model; every model is called
 # ``model.apply(variables, x, train=...)``.
 MODELS: dict[str, type[nn.Module]] = {
     "lenet": LeNet, "cifar10_quick": Cifar10Quick, "cifar10_full": Cifar10Full,
-    "alexnet": AlexNet, "resnet": ResNet, "char_transformer": CharTransformer}
+    "alexnet": AlexNet, "resnet": ResNet, "char_transformer": CharTransformer, "mlp": MLP,
+    "deep_linear": DeepLinear}
 
 
 def param_mults(model: nn.Module, params: Any) -> tuple[Any, Any]:
