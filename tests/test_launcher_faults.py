@@ -63,8 +63,9 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="ne
 
 
 def test_json_folder_is_a_usage_error(tmp_path, capsys):
-  with pytest.raises(SystemExit):
+  with pytest.raises(SystemExit) as exit_info:
     train_mesh.parse_args(["--json", str(tmp_path)])
+  assert exit_info.value.code == 2
   assert f"cannot write --json {tmp_path} (a folder)" in capsys.readouterr().err
 
 
