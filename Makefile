@@ -56,10 +56,10 @@ docs-screenshots: docs
 DEMO_ARGS ?= --dataset fashion_mnist --workers 2
 
 demo: $(VENV)/.installed data
-	$(PY) -m examples.reproduce $(DEMO_ARGS) --seeds 3 --iters 1000 --out runs/demo
+	$(PY) -m experiments.paper $(DEMO_ARGS) --seeds 3 --iters 1000 --out runs/demo
 
 demo-full: $(VENV)/.installed data
-	$(PY) -m examples.reproduce $(DEMO_ARGS) --seeds 10 --iters 2000 --out runs/fashion_mnist
+	$(PY) -m experiments.paper $(DEMO_ARGS) --seeds 10 --iters 2000 --out runs/fashion_mnist
 
 # Debian's dataset-fashion-mnist package; elsewhere pass --data-dir or --download.
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
@@ -70,7 +70,7 @@ data:
 	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q dataset-fashion-mnist; \
 	  else sudo -n apt-get install -y -q dataset-fashion-mnist; fi; } || { \
 	  echo "Could not install it. Run: sudo apt-get install dataset-fashion-mnist"; \
-	  echo "or: $(PY) -m examples.reproduce --download (fetches and verifies the files)"; \
+	  echo "or: $(PY) -m experiments.paper --download (fetches and verifies the files)"; \
 	  exit 1; }
 
 # Optimizer-step cost against optax (~8 min on 2 CPU cores) and its short table (the

@@ -1,3 +1,4 @@
-"""Examples: ``quickstart`` (a Flax loop with the factor), ``reproduce`` (the paper's
-comparisons, on the harness in ``paper``) and ``train_mesh`` (the same training on a device
-mesh). Run from the repository root, e.g. ``python -m examples.reproduce --help``."""
+"""Examples to copy into your own code: ``quickstart`` (a Flax loop with the factor) and
+``train_mesh`` (training on a device mesh, ``mesh_processes`` for several processes). Run
+from the repository root, e.g. ``python -m examples.train_mesh --help``. The paper's
+experiments are ``python -m experiments.paper``."""

@@ -9,8 +9,9 @@ schema), :mod:`~experiments.files` (atomic writes). Statistics and reports:
 :mod:`~experiments.pool`. Commands: :mod:`~experiments.cli` (one convention).
 
 Front-ends: :mod:`~experiments.tuned` (tuned comparisons, protocol in
-:mod:`~experiments.tuning`), :mod:`~experiments.verdict`, ``examples/reproduce.py`` (the
-paper's protocol, :mod:`~experiments.configs`, :mod:`~experiments.train`).
+:mod:`~experiments.tuning`), :mod:`~experiments.verdict`, :mod:`~experiments.paper` (the
+paper's Caffe protocols, :mod:`~experiments.configs`). :mod:`~experiments.train` keeps the
+older per-seed loop that the studies and the mesh example still use.
 
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep

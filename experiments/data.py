@@ -507,20 +507,22 @@ class ImageData(NamedTuple):
   test_y: np.ndarray
 
 
-def held_out(dataset: Dataset, val_size: int) -> ImageData:
-  """``dataset`` preprocessed (:func:`preprocess`, ``x / 256``) with its last ``val_size``
-  training images as the validation split (the same for every seed and method)."""
+def held_out(dataset: Dataset, val_size: int, mean_image: bool = False) -> ImageData:
+  """``dataset`` preprocessed (:func:`preprocess`: ``x / 256``, or with ``mean_image`` minus
+  the training images' mean) with its last ``val_size`` training images as the validation
+  split (the same for every seed and method; none for ``val_size`` 0)."""
   n_train = dataset.train_images.shape[0] - val_size
   if n_train < 1:
     raise InputError(f"--val-size {val_size} leaves no training images of "
                      f"{dataset.train_images.shape[0]}; pass a smaller --val-size")
-  scaled = preprocess(dataset.train_images)
+  mean = dataset.train_images[:n_train].mean(0) if mean_image else None
+  scaled = preprocess(dataset.train_images, mean)
   return ImageData(scaled[:n_train], dataset.train_labels[:n_train], scaled[n_train:],
-                   dataset.train_labels[n_train:], preprocess(dataset.test_images),
+                   dataset.train_labels[n_train:], preprocess(dataset.test_images, mean),
                    dataset.test_labels)
 
 
 def load_held_out(name: str, data_dir: str | Path | None, sizes: tuple[int, int] | None,
-                  val_size: int) -> ImageData:
+                  val_size: int, mean_image: bool = False) -> ImageData:
   """:func:`load_dataset` then :func:`held_out` (picklable as a ``functools.partial``)."""
-  return held_out(load_dataset(name, data_dir, False, sizes), val_size)
+  return held_out(load_dataset(name, data_dir, False, sizes), val_size, mean_image)

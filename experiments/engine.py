@@ -193,20 +193,26 @@ class Setup:
   module-level function, so the setup pickles); it is called inside the jitted step with
   ``lr`` a traced scalar, so it may only compute with ``lr``, never branch on it. The model
   is called ``model.apply(variables, x, train=...)``. Factors are recorded at
-  ``factor_points`` evenly spaced iterations, or (``None``) at initialisation and just
-  before each evaluation point.
+  ``factor_points`` evenly spaced iterations (every iteration when it equals the run's
+  length), or (``None``) at initialisation and just before each evaluation point.
+  ``keep_losses``: the record also holds every iteration's training loss (``losses``).
   """
 
   model: Any  # a Flax module, hashable
   data: Images | Windows
   optimizer: Callable[[str, Any, int, Any], Optimizer]
-  eval_points: int
+  eval_points: int | tuple[int, ...]
   factor_points: int | None = 50
   layers: Any = "module"
   stacked: Any = None
   check_every: int = 50
+  keep_losses: bool = False
 
   def eval_iters(self, iters: int) -> list[int]:
+    """``eval_points`` evenly spaced iterations, or (a tuple) those of them up to ``iters``
+    and ``iters`` itself."""
+    if isinstance(self.eval_points, tuple):
+      return sorted({*(k for k in self.eval_points if k <= iters), iters})
     return eval_iters(iters, self.eval_points)
 
   def factor_iters(self, iters: int) -> list[int]:
@@ -316,8 +322,10 @@ def start(setup: Setup, run: Compiled, dataset, task: records.RunTask) -> tuple:
 def tag(setup: Setup, task: records.RunTask) -> str:
   """The configuration of a run, as its checkpoint records it (the same in every process)."""
   fields = {f.name: getattr(setup, f.name) for f in dataclasses.fields(setup)}
-  fields["optimizer"] = f"{setup.optimizer.__module__}.{setup.optimizer.__qualname__}"
-  return f"{fields!r} {tuple(task)!r}"
+  optimizer = setup.optimizer
+  fields["optimizer"] = (f"{optimizer.__module__}.{optimizer.__qualname__}"
+                         if hasattr(optimizer, "__qualname__") else repr(optimizer))
+  return " ".join(f"{fields!r} {tuple(task)!r}".split())  # one line (module reprs have several)
 
 
 def train(dataset, task: records.RunTask, progress: Callable[[int], None] = lambda n: None, *,
@@ -342,7 +350,8 @@ def train(dataset, task: records.RunTask, progress: Callable[[int], None] = lamb
     measured, done = extra["measured"], int(extra["done"])
   lr = jnp.float32(task.lr)
   evals = setup.eval_iters(iters)
-  stops = sorted({*range(setup.check_every, iters, setup.check_every), *evals})
+  saves = range(checkpoint_every, iters, checkpoint_every) if checkpoint is not None else ()
+  stops = sorted({*range(setup.check_every, iters, setup.check_every), *evals, *saves})
   end = iters if stop_after is None else min(iters, stop_after)
   diverged, saved = False, done
   for stop in (s for s in stops if s > done):
@@ -375,8 +384,16 @@ def train(dataset, task: records.RunTask, progress: Callable[[int], None] = lamb
   table = np.full((len(evals), 3), np.nan)
   table[:len(measured)] = measured
   norms, factors = np.asarray(carry.norms[:-1]), np.asarray(carry.factors[:-1])
-  return {"eval_iters": evals, "val": table[:, 0].tolist(), "test": table[:, 1].tolist(),
+  kept = {"losses": np.asarray(carry.losses).tolist()} if setup.keep_losses else {}
+  return kept | {"eval_iters": evals, "val": table[:, 0].tolist(), "test": table[:, 1].tolist(),
           "train_loss": table[:, 2].tolist(), "factor_iters": setup.factor_iters(iters),
           "factors": {name: factors[:, i].tolist() for i, name in enumerate(run.names)},
           "norms": {name: norms[:, i].tolist() for i, name in enumerate(run.names)},
           "wall_s": time.perf_counter() - began}
+
+
+def train_resuming(dataset, task: records.RunTask, progress: Callable[[int], None], *,
+                   train: Callable, out: Path) -> dict:
+  """``train`` (:func:`train` bound to a setup) with the task's checkpoint under ``out``
+  (:func:`experiments.records.checkpoint_path`): a worker pool's task function."""
+  return train(dataset, task, progress, checkpoint=records.checkpoint_path(out, task))

@@ -7,9 +7,12 @@ A method name is a base update rule, optionally with a suffix, or a peer:
   decay, Loshchilov & Hutter);
 * ``+layer``: the factor of eq. 9 per layer, ``f_l = 1 + log(1 + 1/||g_l||)``;
 * ``+relative``: ``r_l = f_l / mean_k f_k`` in its place (:mod:`experiments.relative`: the
-  redistribution across layers without the global boost);
-* peers (:data:`PEERS`): ``optax.lars`` and ``optax.lamb``, layer-wise trust ratios as optax
-  ships them.
+  redistribution across layers without the global boost, every layer counting once);
+* ``+weighted``: ``f_l / sum_k (n_k / N) f_k`` with ``n_k`` the parameters of layer ``k``:
+  the parameter-weighted mean factor is 1 at every step (the library's ``relative=True``);
+* peers (:data:`PEERS`): ``optax.lars`` and ``optax.lamb`` (layer-wise trust ratios as optax
+  ships them), ``lars`` and ``lamb`` (the library's, as their users run them: no ratio and
+  no decay for 1-D arrays, one ratio per slice of a stacked block).
 
 Adding a method is one entry in :data:`BASES` or :data:`PEERS`; :func:`names` lists every
 name and :func:`build` builds any of them from a :class:`Recipe` (what a workload fixes: the
@@ -72,8 +75,10 @@ import layerwise_optax as lo
 from . import relative
 from .configs import EXTRA_METHODS, METHODS, Schedule, Solver
 
-# The suffixes of a base: the factor of eq. 9, or its layer-relative form.
-SUFFIXES = ("layer", "relative")
+# The suffixes of a base: the factor of eq. 9, its layer-relative form (the factors divided
+# by their mean over layers), and the parameter-weighted relative form (divided by their mean
+# weighted by each layer's parameter count, the library's ``relative=True``).
+SUFFIXES = ("layer", "relative", "weighted")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,11 +202,41 @@ def _optax_lamb(r: Recipe) -> Optimizer:
                               mask=r.decay_mask), optax.identity())
 
 
-# Peer name -> its builder. One entry adds a peer.
-# TODO: the masked, per-block trust ratios of the library (lo.lars, lo.lamb) once it has them.
+def matrices(r: Recipe) -> Callable[[Any], Any]:
+  """The mask of the arrays with more than one dimension per layer: a stacked array
+  (``r.stacked``: top-level names) counts one dimension less (its slices are the layers)."""
+  names = {r.stacked} if isinstance(r.stacked, str) else set(r.stacked or ())
+
+  def mask(params: Any) -> Any:
+    def keep(path, leaf) -> bool:
+      stacked = bool(path) and getattr(path[0], "key", None) in names
+      return leaf.ndim - stacked > 1
+    return jax.tree_util.tree_map_with_path(keep, params)
+  return mask
+
+
+def _lars(r: Recipe) -> Optimizer:
+  return Optimizer(lo.lars(r.lr, weight_decay=r.weight_decay, weight_decay_mask=matrices(r),
+                           trust_ratio_mask=matrices(r), momentum=r.momentum,
+                           stacked=r.stacked), optax.identity())
+
+
+def _lamb(r: Recipe) -> Optimizer:
+  return Optimizer(lo.lamb(r.lr, b1=r.b1, b2=r.b2, weight_decay=r.weight_decay,
+                           mask=r.decay_mask if r.decay_mask is not None else matrices(r),
+                           trust_ratio_mask=matrices(r), stacked=r.stacked), optax.identity())
+
+
+# Peer name -> its builder. One entry adds a peer. ``optax.lars``/``optax.lamb`` as optax
+# ships them (the committed comparisons); ``lars``/``lamb`` as their users run them: the
+# library's trust ratios, one per array (one per slice of a stacked array), with 1-D arrays
+# (biases, normalisation) neither decayed nor given a ratio (:func:`matrices`; ``lamb`` decays
+# ``decay_mask`` where the recipe has one).
 PEERS: dict[str, Callable[[Recipe], Optimizer]] = {
     "optax.lars": _optax_lars,
     "optax.lamb": _optax_lamb,
+    "lars": _lars,
+    "lamb": _lamb,
 }
 
 
@@ -214,14 +249,24 @@ def layer_factor(r: Recipe, around: optax.GradientTransformation | None = None):
 
 
 def relative_factor(r: Recipe, around: optax.GradientTransformation | None = None):
-  """``+relative``: the factors divided by their mean over layers, placed as :func:`layer_factor`.
-  TODO: the library's parameter-weighted layer-relative option once it has one."""
+  """``+relative``: the factors divided by their mean over layers (every layer counting
+  once), placed as :func:`layer_factor`."""
   if around is None:
     return relative.scale_by_relative_layerwise_lr(r.layers, r.stacked)
   return relative.with_relative_layerwise_lr(around, r.layers, r.stacked)
 
 
-WRAPPERS = {"layer": layer_factor, "relative": relative_factor}
+def weighted_factor(r: Recipe, around: optax.GradientTransformation | None = None):
+  """``+weighted``: the factors divided by their parameter-weighted mean, so the mean factor
+  over parameters is 1 at every step (the library's ``relative=True``)."""
+  if around is None:
+    return lo.scale_by_layerwise_lr(r.layers, r.stacked, keep_stats=r.keep_stats, relative=True)
+  return lo.with_layerwise_lr(around, r.layers, r.stacked, keep_stats=r.keep_stats,
+                              relative=True)
+
+
+# Suffix -> how it wraps a base. One entry adds a suffix to every base.
+WRAPPERS = {"layer": layer_factor, "relative": relative_factor, "weighted": weighted_factor}
 
 
 def names(bases: Any = None) -> list[str]:
@@ -269,9 +314,11 @@ def split_method(method: str, bases: tuple[str, ...] = CAFFE_BASES) -> tuple[str
   return base, bool(suffix)
 
 
-def method_list(spec: str, bases: tuple[str, ...] = CAFFE_BASES) -> list[str]:
-  """A ``--methods`` value: comma-separated names, or 'paper' (the six methods of Table I)
-  or 'all' (those and adam, adam+layer). Raises ``ValueError`` for an unknown name."""
+def method_list(spec: str, bases: tuple[str, ...] = CAFFE_BASES,
+                peers: bool = False) -> list[str]:
+  """A ``--methods`` value: comma-separated names (of ``bases`` with their suffixes, and
+  with ``peers`` of :data:`PEERS`), or 'paper' (the six methods of Table I) or 'all' (those
+  and adam, adam+layer). Raises ``ValueError`` for an unknown name."""
   if spec == "paper":
     chosen = list(METHODS)
   elif spec == "all":
@@ -281,15 +328,17 @@ def method_list(spec: str, bases: tuple[str, ...] = CAFFE_BASES) -> list[str]:
   if not chosen:
     raise ValueError("no method given")
   for name in chosen:
-    split_method(name, bases)
+    if not (peers and name in PEERS):
+      split_method(name, bases)
   return chosen
 
 
-def method_names(bases: tuple[str, ...] = CAFFE_BASES):
-  """An argparse type for a ``--methods`` option: :func:`method_list` over ``bases``."""
+def method_names(bases: tuple[str, ...] = CAFFE_BASES, peers: bool = False):
+  """An argparse type for a ``--methods`` option: :func:`method_list` over ``bases`` (and
+  the peers)."""
   def parse(spec: str) -> list[str]:
     try:
-      return method_list(spec, bases)
+      return method_list(spec, bases, peers)
     except ValueError as e:
       raise argparse.ArgumentTypeError(str(e)) from None
   return parse
@@ -300,6 +349,30 @@ def caffe_recipe(solver: Solver, lr_mult: Any = None, decay_mult: Any = None,
   """The :class:`Recipe` of a Caffe solver: its schedule, momentum and weight decay."""
   return Recipe(schedule_fn(solver.base_lr, solver.schedule), solver.momentum,
                 solver.weight_decay, decay_mult, lr_mult, layers=layers, keep_stats=keep_stats)
+
+
+@dataclasses.dataclass(frozen=True)
+class CaffeOptimizer:
+  """``(method, lr, iters, params) -> Optimizer``: ``method`` under a Caffe protocol's solver
+  (:data:`experiments.configs.PROTOCOLS`) with base learning rate ``lr`` and ``model``'s
+  ``lr_mult``/``decay_mult``; a base without a solver there takes SGD's schedule and weight
+  decay. Hashable and picklable, the engine's ``Setup.optimizer`` of the Caffe protocols."""
+
+  protocol: str
+  model: Any
+  layers: Any = "module"
+  keep_stats: bool = False
+
+  def __call__(self, method: str, lr: Any, iters: int, params: Any) -> Optimizer:
+    del iters  # Caffe's schedules do not depend on the run's length
+    from experiments import configs, models
+
+    solvers = configs.PROTOCOLS[self.protocol].solvers
+    solver = dataclasses.replace(solvers.get(method.partition("+")[0], solvers["sgd"]),
+                                 base_lr=lr)
+    lr_mult, decay_mult = models.param_mults(self.model, params)
+    return build(method, caffe_recipe(solver, lr_mult, decay_mult, self.layers,
+                                      self.keep_stats))
 
 
 def make_optimizer(method: str, solver: Solver, lr_mult: Any, decay_mult: Any,

@@ -1,11 +1,11 @@
 """One pool of single-threaded worker processes for independent training runs.
 
-``examples/reproduce.py --workers N`` and the LeNet studies train their seeds through
-:func:`run_tasks`: with one worker in the calling process, otherwise in ``N`` spawned
-processes, each loading the dataset once and running XLA:CPU single-threaded (two such
-processes on two cores train LeNet faster than one process using both, see the README). The
-XLA flag is set in each worker before its first computation, never in the calling process.
-Workers report progress (iterations done) through a queue; results come back as tasks
+``python -m experiments.paper --workers N``, the tuned comparisons and the LeNet studies train
+their runs through :func:`run_tasks`: with one worker in the calling process, otherwise in
+``N`` spawned processes, each loading the dataset once and running XLA:CPU single-threaded
+(two such processes on two cores train LeNet faster than one process using both, see the
+README). The XLA flag is set in each worker before its first computation, never in the calling
+process. Workers report progress (iterations done) through a queue; results come back as tasks
 finish, in any order.
 """
 

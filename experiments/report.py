@@ -1,6 +1,6 @@
 """Reporting: every table and figure of the experiments.
 
-**The paper's protocol** (:mod:`examples.reproduce`): Table I, paired differences, JSON/CSV
+**The paper's protocol** (:mod:`experiments.paper`): Table I, paired differences, JSON/CSV
 curves, test-error and effective-learning-rate plots.
 
 **Tuned comparisons** (:mod:`experiments.tuned`): ``table.md`` per workload

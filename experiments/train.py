@@ -54,6 +54,7 @@ from . import models as models_lib
 from .cli import InputError
 from .configs import Protocol
 from .engine import cross_entropy, make_order
+from .paper import RUN_KEYS, stack_runs  # noqa: F401 (the studies call train.stack_runs)
 from .records import load_checkpoint, read_npz, save_checkpoint, save_npz
 
 
@@ -75,8 +76,6 @@ class TrainState(NamedTuple):
   key: jax.Array  # (2,) uint32 dropout key data
 
 
-# The per-seed curves a run returns and reproduce.py saves.
-RUN_KEYS = ("test_error", "train_loss", "grad_norm", "factor", "effective_lr")
 
 
 def eval_points(protocol: Protocol, iters: int,
@@ -295,14 +294,6 @@ def load_run(path: Path) -> dict:
                      "delete it to train that run again")
   return {k: saved[k] for k in RUN_KEYS} | {"seed": int(saved["seed"]),
                                             "wall_s": float(saved["wall_s"])}
-
-
-def stack_runs(runs: list[dict]) -> dict:
-  """Stacks per-seed results along a leading seed axis."""
-  out = {k: np.stack([r[k] for r in runs]) for k in RUN_KEYS}
-  out["seeds"] = [r["seed"] for r in runs]
-  out["wall_s"] = float(sum(r["wall_s"] for r in runs))
-  return out
 
 
 class RunSpec(NamedTuple):

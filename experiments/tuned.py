@@ -63,25 +63,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from experiments import cli, configs, data, engine, methods, models, report, shakespeare, tuning
+from experiments import cli, data, engine, methods, models, report, shakespeare, tuning
 from experiments.methods import Optimizer, Recipe
 
 # --- lenet: Caffe's lenet_solver ---------------------------------------------------------------
 
-LENET_PROTOCOL = configs.MNIST
 LENET_MODEL = models.LeNet()
 
 
-def lenet_optimizer(method: str, lr: Any, iters: int, params: Any) -> Optimizer:
-  """``method`` under ``lenet_solver`` with base learning rate ``lr`` (Caffe's order: weight
-  decay into the gradient, then the factor, then the update rule); a base without a Caffe
-  solver takes SGD's schedule and weight decay."""
-  del iters  # the "inv" schedule does not depend on the run's length
-  solvers = LENET_PROTOCOL.solvers
-  solver = solvers.get(method.partition("+")[0], solvers["sgd"])
-  lr_mult, decay_mult = models.param_mults(LENET_MODEL, params)
-  return methods.build(method, methods.caffe_recipe(dataclasses.replace(solver, base_lr=lr),
-                                                    lr_mult, decay_mult))
+# ``method`` under ``lenet_solver`` with base learning rate ``lr`` (Caffe's order: weight decay
+# into the gradient, then the factor, then the update rule).
+lenet_optimizer = methods.CaffeOptimizer("mnist", LENET_MODEL)
 
 
 # --- resnet: warm-up and cosine decay, weight decay in the gradient ----------------------------

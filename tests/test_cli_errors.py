@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_step
-from examples import reproduce
-from experiments import configs, data, records, train
+from experiments import data, paper, records, tuned, verdict
 from studies import grouping, lr_sensitivity, saddle, vanishing
 from tests.generated_data import idx_bytes, write_idx_folder
 
-COMMANDS = {"examples.reproduce": reproduce.main, "studies.saddle": saddle.main,
+COMMANDS = {"experiments.paper": paper.main, "experiments.tuned": tuned.main,
+            "experiments.verdict": verdict.main, "studies.saddle": saddle.main,
             "studies.vanishing": vanishing.main, "studies.lr_sensitivity": lr_sensitivity.main,
             "studies.grouping": grouping.main, "benchmarks.bench_step": bench_step.main}
 
@@ -43,24 +43,27 @@ def test_help(module, capsys):
 
 def test_python_dash_m_runs_from_the_repository_root():
   root = Path(__file__).resolve().parents[1]
-  done = subprocess.run([sys.executable, "-m", "examples.reproduce", "--seeds", "0"], cwd=root,
+  done = subprocess.run([sys.executable, "-m", "experiments.paper", "--seeds", "0"], cwd=root,
                         capture_output=True, text=True, timeout=120)
   assert done.returncode == 2 and done.stdout == ""
-  assert done.stderr == ("python -m examples.reproduce: error: argument --seeds: 0 must be at "
+  assert done.stderr == ("python -m experiments.paper: error: argument --seeds: 0 must be at "
                          "least 1 (see --help)\n")
 
 
 @pytest.mark.parametrize("module, argv, message", [
-    ("examples.reproduce", ["--dataset", "imagenet"], "argument --dataset: invalid choice"),
-    ("examples.reproduce", ["--protocol", "alexnet"], "argument --protocol: invalid choice"),
-    ("examples.reproduce", ["--protocol", "cifar10_quick"], "protocol cifar10_quick is for "
+    ("experiments.paper", ["--dataset", "imagenet"], "argument --dataset: invalid choice"),
+    ("experiments.paper", ["--protocol", "alexnet"], "argument --protocol: invalid choice"),
+    ("experiments.paper", ["--protocol", "cifar10_quick"], "protocol cifar10_quick is for "
                                                             "cifar10, not fashion_mnist"),
-    ("examples.reproduce", ["--methods", "sgd,rmsprop"], "unknown method 'rmsprop'"),
-    ("examples.reproduce", ["--seeds", "0"], "argument --seeds: 0 must be at least 1"),
-    ("examples.reproduce", ["--iters", "-5"], "argument --iters: -5 must be at least 1"),
-    ("examples.reproduce", ["--batch-size", "0"], "argument --batch-size: 0 must be"),
-    ("examples.reproduce", ["--first-seed", "-1"], "--first-seed -1 must be at least 0"),
-    ("examples.reproduce", ["--split-sizes", "64"], "--split-sizes takes two numbers"),
+    ("experiments.paper", ["--methods", "sgd,rmsprop"], "unknown method 'rmsprop'"),
+    ("experiments.tuned", ["lenet", "--iters", "0"], "argument --iters: 0 must be at least 1"),
+    ("experiments.tuned", ["mlp"], "argument WORKLOAD: invalid choice: 'mlp'"),
+    ("experiments.tuned", ["charlm", "--eval-tokens", "-3"], "-3 must be at least 1"),
+    ("experiments.paper", ["--seeds", "0"], "argument --seeds: 0 must be at least 1"),
+    ("experiments.paper", ["--iters", "-5"], "argument --iters: -5 must be at least 1"),
+    ("experiments.paper", ["--batch-size", "0"], "argument --batch-size: 0 must be"),
+    ("experiments.paper", ["--first-seed", "-1"], "--first-seed -1 must be at least 0"),
+    ("experiments.paper", ["--split-sizes", "64"], "--split-sizes takes two numbers"),
     ("studies.saddle", ["--seeds", "0"], "argument --seeds: 0 must be at least 1"),
     ("studies.saddle", ["--methods", "adagrad"], "unknown method 'adagrad'; use one of gd, sgd"),
     ("studies.saddle", ["--lrs", "0.1,x"], "is not a comma-separated list of numbers"),
@@ -77,11 +80,13 @@ def test_python_dash_m_runs_from_the_repository_root():
 ])
 def test_usage_errors(module, argv, message, capsys):
   code, err = one_line_error(COMMANDS[module], argv, capsys)
-  assert code == 2 and err.startswith(f"python -m {module}: error: ") and message in err
+  prog = f"python -m {module}" + (f" {argv[0]}" if module == "experiments.tuned"
+                                   and argv[0] in tuned.WORKLOADS else "")
+  assert code == 2 and err.startswith(f"{prog}: error: ") and message in err
   assert err.endswith("(see --help)")
 
 
-@pytest.mark.parametrize("module", ["examples.reproduce", "studies.saddle", "studies.vanishing",
+@pytest.mark.parametrize("module", ["experiments.paper", "studies.saddle", "studies.vanishing",
                                     "studies.lr_sensitivity", "studies.grouping"])
 def test_unwritable_out(module, tmp_path, capsys):
   blocker = tmp_path / "file"
@@ -132,7 +137,7 @@ def reproduce_argv(folder: Path, out: Path, *extra: str) -> list[str]:
 ])
 def test_bad_data_files(tmp_path, capsys, how, message):
   path = damage(mnist_folder(tmp_path / "idx"), how)
-  code, err = one_line_error(reproduce.main, reproduce_argv(tmp_path / "idx", tmp_path / "out"),
+  code, err = one_line_error(paper.main, reproduce_argv(tmp_path / "idx", tmp_path / "out"),
                              capsys)
   assert code == 1 and err.startswith(f"error: {path}") and message in err
 
@@ -141,12 +146,12 @@ def test_full_size_count_without_split_sizes(tmp_path, capsys):
   mnist_folder(tmp_path / "idx")
   argv = reproduce_argv(tmp_path / "idx", tmp_path / "out")
   del argv[4:6]  # no --split-sizes: the files must hold the dataset's 60,000 / 10,000
-  code, err = one_line_error(reproduce.main, argv, capsys)
+  code, err = one_line_error(paper.main, argv, capsys)
   assert code == 1 and "wrong count 64, expected 60000" in err
 
 
 def test_missing_data_folder(tmp_path, capsys):
-  code, err = one_line_error(reproduce.main,
+  code, err = one_line_error(paper.main,
                              reproduce_argv(tmp_path / "none", tmp_path / "out"), capsys)
   assert code == 1 and err.startswith("error: MNIST not found: pass --data-dir")
   assert err.endswith(f"(looked in {tmp_path / 'none'})")
@@ -154,12 +159,10 @@ def test_missing_data_folder(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def other_checkpoint(tmp_path_factory):
-  """A valid checkpoint of seed 0 of sgd, but of a 5-iteration run."""
+  """A checkpoint that another configuration wrote."""
   folder = mnist_folder(tmp_path_factory.mktemp("idx"))
-  dataset = data.load_dataset("mnist", folder, count=(64, 20))
-  runner = train.Runner(configs.MNIST, "sgd", dataset, 5, batch_size=8)
   path = folder.parent / "other.npz"
-  records.save_checkpoint(path, runner.init(0), runner.tag(0))
+  records.save_checkpoint(path, {"params": np.zeros(3)}, "a run of 5 iterations")
   return folder, path
 
 
@@ -167,16 +170,35 @@ def other_checkpoint(tmp_path_factory):
 def test_bad_checkpoint_or_run_is_named_and_kept(tmp_path, capsys, other_checkpoint, kind):
   folder, other = other_checkpoint
   out = tmp_path / "out"
-  sub = "runs" if kind == "corrupt run" else "ckpt"
-  path = out / sub / "sgd_seed0.npz"
+  task = records.RunTask("sgd", 0.01, 0, 3)
+  path = (records.record_path if kind == "corrupt run" else records.checkpoint_path)(out, task)
   path.parent.mkdir(parents=True)
-  content = other.read_bytes() if kind == "other checkpoint" else b"PK\x03\x04 truncated"
+  content = {"other checkpoint": other.read_bytes(), "corrupt run": b'{"task": ',
+             "corrupt checkpoint": b"PK\x03\x04 truncated"}[kind]
   path.write_bytes(content)
-  code, err = one_line_error(reproduce.main, reproduce_argv(folder, out), capsys)
-  assert code == 1 and err.startswith(f"error: {path}: ")
+  code, err = one_line_error(paper.main, reproduce_argv(folder, out), capsys)
+  assert code == 1 and err.startswith(f"error: {path}")
   if kind == "other checkpoint":
-    assert "checkpoint of another configuration (" in err and "iters=5" in err
+    assert "checkpoint of another configuration (a run of 5 iterations, not " in err
+  if kind == "corrupt checkpoint":
+    assert "corrupt checkpoint" in err
+  if kind == "corrupt run":
+    assert "is not a run record" in err and "delete it to train that run again" in err
   else:
-    assert f"corrupt {'finished run' if kind == 'corrupt run' else 'checkpoint'}" in err
-  assert "left in place: delete it to" in err
+    assert "left in place: delete it to" in err
   assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "100000000"], "--batch-size 100000000 is more than the 64 training"),
+])
+def test_run_time_usage_errors(tmp_path, capsys, argv, message):
+  code, err = one_line_error(paper.main, reproduce_argv(mnist_folder(tmp_path / "idx"),
+                                                        tmp_path / "out") + argv, capsys)
+  assert code == 2 and message in err
+
+
+def test_download_into_an_unwritable_folder(tmp_path, capsys):
+  code, err = one_line_error(paper.main, ["--dataset", "mnist", "--download", "--data-dir",
+                                          "/proc/x", "--out", str(tmp_path)], capsys)
+  assert code == 1 and err.startswith("error: /proc/x: cannot read or write there")

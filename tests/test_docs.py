@@ -128,7 +128,7 @@ def _modules_named():
 
 
 def test_the_commands_are_found():
-  assert {"examples.reproduce", "studies.vanishing", "benchmarks.bench_step"} <= set(
+  assert {"experiments.paper", "studies.vanishing", "benchmarks.bench_step"} <= set(
       _modules_named())
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from examples import reproduce
-from experiments import data
+from experiments import data, paper
 from tests.generated_data import write_cifar_python_archive, write_idx_folder
 
 
@@ -114,7 +113,7 @@ def test_offline_download_is_one_line(tmp_path, monkeypatch, capsys):
   set_remote(monkeypatch, "mnist", {name: remote._replace(url=url + name)
                                     for name, remote in data.DATASETS["mnist"].remote.items()})
   with pytest.raises(SystemExit) as exit_info:
-    reproduce.main(["--dataset", "mnist", "--download", "--data-dir", str(tmp_path / "d"),
+    paper.main(["--dataset", "mnist", "--download", "--data-dir", str(tmp_path / "d"),
                     "--out", str(tmp_path / "out"), "--no-progress"])
   err = capsys.readouterr().err
   assert exit_info.value.code == 1 and err.count("\n") == 1

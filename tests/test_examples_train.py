@@ -1,4 +1,5 @@
-"""Training harness (experiments): Caffe update rules, smoke runs, resume, CLI, report."""
+"""Training harness (experiments): Caffe update rules, smoke runs, resume, the paper's
+command (experiments.paper) and its report."""
 
 import dataclasses
 import json
@@ -10,8 +11,7 @@ import optax
 import pytest
 
 import layerwise_optax as lo
-from examples import reproduce
-from experiments import configs, methods, models, train
+from experiments import configs, engine, methods, models, paper, train
 from tests.generated_data import learnable_dataset, write_idx_folder
 from tests.reference import layer_factor
 
@@ -169,7 +169,7 @@ def test_cli_end_to_end_and_report(tmp_path, monkeypatch):
   argv = ["--dataset", "mnist", "--data-dir", str(tmp_path / "idx"), "--split-sizes", "64,20",
           "--methods", "sgd,sgd+layer", "--seeds", "2", "--iters", "20", "--batch-size", "8",
           "--out", str(out), "--no-progress"]
-  results = reproduce.main(argv)
+  results = paper.main(argv)
   assert results["sgd+layer"]["test_error"].shape == (2, 1)
   table = (out / "table.md").read_text()
   assert "| sgd+layer |" in table and "over 2 seeds" in table and "(wins/seeds)" in table
@@ -181,8 +181,8 @@ def test_cli_end_to_end_and_report(tmp_path, monkeypatch):
   for png in ("test_error.png", "effective_lr.png"):
     assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   # A second call finds every run done and reproduces the same table without training.
-  monkeypatch.setattr(train.Runner, "run", lambda *a, **k: pytest.fail("retrained"))
-  reproduce.main(argv + ["--no-plots"])
+  monkeypatch.setattr(engine, "train", lambda *a, **k: pytest.fail("retrained"))
+  paper.main(argv + ["--no-plots"])
   assert (out / "table.md").read_text() == table
 
 
@@ -193,12 +193,12 @@ def test_cli_workers_match_one_process(tmp_path, monkeypatch):
   common = ["--dataset", "mnist", "--data-dir", str(tmp_path / "idx"), "--split-sizes", "64,20",
             "--methods", "sgd+layer",
             "--seeds", "2", "--iters", "6", "--batch-size", "8", "--no-progress", "--no-plots"]
-  one = reproduce.main(common + ["--out", str(tmp_path / "one")])
+  one = paper.main(common + ["--out", str(tmp_path / "one")])
   ticks = []
-  monkeypatch.setattr(reproduce, "progress_bar", lambda args, total: (ticks.append, list))
-  two = reproduce.main(common + ["--out", str(tmp_path / "two"), "--workers", "2"])
-  assert sorted(p.name for p in (tmp_path / "two" / "runs").iterdir()) == [
-      "sgd+layer_seed0.npz", "sgd+layer_seed1.npz"]
+  monkeypatch.setattr(paper, "progress_bar", lambda args, total: (ticks.append, list))
+  two = paper.main(common + ["--out", str(tmp_path / "two"), "--workers", "2"])
+  assert sorted(p.name for p in (tmp_path / "two" / "runs" / "sgd+layer").iterdir()) == [
+      "lr0.01_seed0.json", "lr0.01_seed1.json"]
   assert sum(ticks) == 2 * 6
   for key in ("train_loss", "factor", "test_error"):
     np.testing.assert_allclose(two["sgd+layer"][key], one["sgd+layer"][key], rtol=1e-5)

@@ -1,0 +1,56 @@
+"""The registries: a method and a dataset added by one entry each reach every front-end that
+takes ``--methods`` and ``--dataset`` (experiments.tuned, experiments.paper)."""
+
+import json
+import math
+
+import numpy as np
+import optax
+import pytest
+
+from experiments import data, methods, paper, tuned
+
+
+def new_images(folder, sizes, download):
+  del folder, sizes, download
+  return data.generated_images((48, 16), seed=3)
+
+
+@pytest.fixture
+def registered(monkeypatch):
+  """``gd`` (plain gradient descent, no momentum) and ``tiny_images``, one entry each."""
+  monkeypatch.setitem(methods.BASES, "gd", methods.Base(lambda r: optax.sgd(r.lr),
+                                                        factor_first=True))
+  monkeypatch.setitem(data.DATASETS, "tiny_images", data.Source(
+      "images", new_images, lambda folder: True, "", {}))
+
+
+def test_registries_list_them(registered):
+  assert {"gd", "gd+layer", "gd+relative", "gd+weighted"} <= set(methods.names())
+  assert "tiny_images" in tuned.datasets_of("images") and "tiny_images" in paper.image_datasets()
+  params = {"w": np.ones(3, np.float32)}
+  tx = methods.build("gd", methods.Recipe(0.5)).tx
+  updates, _ = tx.update({"w": np.full(3, 2.0, np.float32)}, tx.init(params), params)
+  np.testing.assert_array_equal(updates["w"], [-1.0, -1.0, -1.0])  # -lr * g, no decay
+
+
+def test_tuned_comparison_runs_them(registered, tmp_path):
+  out = tmp_path / "tuned"
+  tuned.main(["lenet", "--dataset", "tiny_images", "--methods", "gd+layer", "--val-size", "16",
+              "--iters", "4", "--seeds", "2", "--workers", "1", "--no-plots", "--out", str(out)])
+  results = json.loads((out / "results.json").read_text())
+  assert list(results["methods"]) == ["gd+layer", "gd"]  # its baseline added
+  assert results["methods"]["gd+layer"]["baseline"] == "gd"
+  assert results["sizes"]["train_images"] == 32 and results["sizes"]["test_images"] == 16
+  assert all(math.isfinite(v) for m in results["methods"].values() for v in m["test"])
+
+
+def test_paper_protocol_runs_them(registered, tmp_path):
+  out = tmp_path / "paper"
+  results = paper.main(["--dataset", "tiny_images", "--methods", "gd,gd+weighted", "--seeds", "1",
+                        "--iters", "5", "--batch-size", "8", "--no-plots", "--no-progress",
+                        "--out", str(out)])
+  assert set(results) == {"gd", "gd+weighted"}
+  assert results["gd+weighted"]["factor"].shape == (1, 5, 4)
+  assert np.isfinite(results["gd"]["test_error"]).all()
+  assert json.loads((out / "results.json").read_text())["config"]["dataset"] == "tiny_images"
