@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from experiments import cli, pool, records
+from experiments import cli, engine, pool, records
 from experiments.records import RunTask, final, read_record, record_path
 
 SELECTION = "mean final validation metric over grid seeds"
@@ -146,19 +146,12 @@ class _Runs:
       self.dataset = self.workload.load_data()  # run_tasks trains here; load it once
     with tqdm(total=len(missing) * self.workload.iters, unit="it", desc=title,
               smoothing=0.05) as bar:
-      pool.run_tasks(functools.partial(train_resuming, train=self.workload.train, out=self.out),
-                     missing, self.workers, self.workload.load_data, dataset=self.dataset,
+      train = functools.partial(engine.train_resuming, train=self.workload.train, out=self.out)
+      pool.run_tasks(train, missing, self.workers, self.workload.load_data, dataset=self.dataset,
                      on_result=self.store, progress=bar.update)
 
   def store(self, task: RunTask, record: dict) -> None:
     self.records[task] = records.write_record(self.out, task, record)
-
-
-def train_resuming(dataset, task: RunTask, progress: Callable[[int], None], *, train: Callable,
-                   out: Path) -> dict:
-  """``train`` (``experiments.engine.train`` bound to a setup) with the task's checkpoint
-  under ``out`` (:func:`experiments.records.checkpoint_path`)."""
-  return train(dataset, task, progress, checkpoint=records.checkpoint_path(out, task))
 
 
 def _grid_round(runs: _Runs, spans: dict[str, list[int]]) -> dict[str, list[int]]:
