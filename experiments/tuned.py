@@ -1,43 +1,43 @@
 """Tuned comparisons: each layer method against its tuned base optimizer and the layer-wise
-peers, every method with its own learning-rate grid selected on held-out validation data,
-then rerun on paired seeds (the protocol of :mod:`experiments.tuning`, docs/evidence.md).
+peers, every method's learning rate tuned on one shared lattice and selected on held-out
+validation data, then rerun on ten fresh paired seeds (the protocol of
+:mod:`experiments.tuning`, docs/evidence.md).
 
     python -m experiments.tuned lenet|resnet|charlm [options]
 
-Outputs under ``--out`` (default ``runs/tuned/<workload>``): ``runs/`` (one run record per
-run; a rerun resumes), ``results.json``, ``table.md`` and the figures
+Outputs under ``--out`` (default ``runs/tuned/<workload>``): ``coarse/runs/`` and ``runs/``
+(one run record per run; a rerun resumes), ``results.json``, ``table.md`` and the figures
 (:func:`experiments.report.write_tuned`). ``--methods`` takes any method of
 :mod:`experiments.methods` (the baselines they need are added); ``--dataset`` any dataset of
-:mod:`experiments.data` of the workload's kind. Workloads (:data:`WORKLOADS`):
+:mod:`experiments.data` of the workload's kind; ``--pilot N`` only times N full-length runs
+of the first method (for sizing a protocol). Workloads (:data:`WORKLOADS`), each evaluated at
+10 evenly spaced points per run:
 
 * ``lenet``: LeNet on Fashion-MNIST under Caffe's ``lenet_solver``
   (:data:`experiments.configs.MNIST`): batch 64, momentum 0.9 (SGD, NAG), weight decay 5e-4
   added to the gradient first, the "inv" schedule ``lr_k = lr (1 + 1e-4 k)^-0.75``, biases at
-  twice the rate. Only the base learning rate ``lr`` is tuned, on a grid centred at the
-  protocol's own value (0.01 for every base). Methods: sgd, nag, adagrad, each with +layer
-  and +relative. 300 iterations by default (about 0.35 epoch of the 55,000 training images),
-  validation (the last 5,000 training images) and test (10,000) error at iterations 100, 200
-  and 300, factors at 50 iterations.
-* ``resnet``: the small batch-norm ResNet (:mod:`experiments.resnet`, widths 8/16/32, 19,810
-  parameters, 19 layers) on Fashion-MNIST: linear warm-up over the first 5% of the
-  iterations then cosine decay to 0, weight decay 5e-4 on every parameter added to the
-  gradient first, momentum 0.9. Methods: sgd, nag (each with +layer and +relative, grids
-  centred at 0.1) and optax.lars (centred at 10, compared with sgd; its own weight decay 0
-  because the decay is already in the gradient, which puts it inside the trust ratio). 300
-  iterations of batch 64 by default, error at iterations 150 and 300.
-* ``charlm``: the pre-LN char transformer (:mod:`experiments.transformer`, 4 scanned blocks of
-  width 64, 4 heads, context 64) on Shakespeare's plays (:mod:`experiments.shakespeare`,
-  split 90 / 5 / 5 %), batch 16: AdamW (b2 0.95, decoupled weight decay 0.1 on kernels and
-  embeddings), adamw+layer and adamw+relative (each block's slice of each sublayer a layer of
-  its own) and optax.lamb (compared with adamw). Schedule ``lr_k = lr * s_k``, ``s`` a
-  linear warm-up over the first 10% then a cosine decay to 0.1; each optimizer is built with
-  ``s`` as its learning rate and its update multiplied by ``lr`` (one compiled step serves
-  every grid point). Metric: bits per character over 65,536 positions of fixed windows per
-  split; a final validation value at or above log2(vocabulary), a uniform guess, counts as
-  diverged. 600 iterations by default (about 0.14 epoch), 5 evaluation points.
+  twice the rate; 2,000 iterations (the paper's Table I horizon, 2.3 epochs of the 55,000
+  training images; validation: the last 5,000 training images, test: 10,000). Only the base
+  learning rate is tuned. Methods: sgd, adagrad, each with +layer and +relative, and ``lars``
+  (the library's, no trust ratio and no decay for 1-D arrays) against sgd; nag by --methods.
+* ``resnet``: the small batch-norm ResNet (:mod:`experiments.resnet`, widths 8/16/32) on
+  Fashion-MNIST: linear warm-up over the first 5% of the iterations then cosine decay to 0,
+  weight decay 5e-4 on every parameter added to the gradient first, momentum 0.9, batch 64,
+  1,719 iterations (2 epochs). Methods: nag, nag+layer, nag+relative and ``lars`` against
+  nag; sgd by --methods.
+* ``charlm``: the pre-LN char transformer (:mod:`experiments.transformer`) sized like
+  nanoGPT's shakespeare_char CPU recipe (4 scanned blocks, width 128, 4 heads, context 64,
+  batch 12, 2,000 iterations) on Shakespeare's plays (:mod:`experiments.shakespeare`, split
+  90 / 5 / 5 %): AdamW (b2 0.95, decoupled weight decay 0.1 on kernels and embeddings),
+  adamw+layer and adamw+relative (each block's slice of each sublayer a layer of its own) and
+  ``lamb`` (the library's: one trust ratio per scanned block, 1-D arrays excluded) against
+  adamw. Schedule ``lr_k = lr * s_k``, ``s`` a linear warm-up over the first 10% then a cosine
+  decay to 0.1; each optimizer is built with ``s`` as its learning rate and its update
+  multiplied by ``lr`` (one compiled step serves every grid point). Metric: bits per
+  character over 65,536 positions of fixed windows per split; a final validation value at or
+  above log2(vocabulary), a uniform guess, counts as diverged.
 
-The committed runs (results/evidence/) took 12 (lenet), 12.5 (resnet) and 24 + 3 (charlm)
-minutes with ``--workers 2`` on a 2-core AMD EPYC VM shared with other jobs.
+``optax.lars`` and ``optax.lamb`` (as optax ships them) stay available by --methods.
 
 References:
   Singh et al., "Layer-Specific Adaptive Learning Rates for Deep Networks", ICMLA 2015,
@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import math
 import sys
 from collections.abc import Callable
@@ -66,14 +67,27 @@ import optax
 from experiments import cli, data, engine, methods, models, report, shakespeare, tuning
 from experiments.methods import Optimizer, Recipe
 
+
+def registry_name(method: str) -> str:
+  """The registry's name of a tuned comparison's ``method``: ``+relative`` here is the form
+  that isolates the redistribution, the factors divided by their parameter-weighted mean
+  (the library's ``relative=True``, so the mean factor over parameters is 1 at every step),
+  which the registry calls ``+weighted`` while its ``+relative`` weighs every layer once."""
+  if method.endswith("+relative") and "weighted" in methods.SUFFIXES:
+    return method.removesuffix("+relative") + "+weighted"
+  return method
+
+
 # --- lenet: Caffe's lenet_solver ---------------------------------------------------------------
 
 LENET_MODEL = models.LeNet()
+LENET_SOLVER = methods.CaffeOptimizer("mnist", LENET_MODEL)
 
 
-# ``method`` under ``lenet_solver`` with base learning rate ``lr`` (Caffe's order: weight decay
-# into the gradient, then the factor, then the update rule).
-lenet_optimizer = methods.CaffeOptimizer("mnist", LENET_MODEL)
+def lenet_optimizer(method: str, lr: Any, iters: int, params: Any) -> Optimizer:
+  """``method`` under ``lenet_solver`` with base learning rate ``lr`` (Caffe's order: weight
+  decay into the gradient, then the factor, then the update rule)."""
+  return LENET_SOLVER(registry_name(method), lr, iters, params)
 
 
 # --- resnet: warm-up and cosine decay, weight decay in the gradient ----------------------------
@@ -81,6 +95,12 @@ lenet_optimizer = methods.CaffeOptimizer("mnist", LENET_MODEL)
 RESNET_WEIGHT_DECAY = 5e-4
 RESNET_MOMENTUM = 0.9
 RESNET_WARMUP = 0.05  # fraction of the iterations
+TRAIN_IMAGES = 55_000  # Fashion-MNIST's 60,000 less the 5,000 held out for validation
+RESNET_ITERS = -(-2 * TRAIN_IMAGES // 64)  # 2 epochs of batch 64: 1,719
+EVAL_POINTS = 10
+# Where a peer not among a workload's methods starts (its rates differ from the bases': the
+# trust ratio's coefficient is 1e-3).
+PEER_CENTRES = {"lars": 10.0, "optax.lars": 10.0, "lamb": 1e-2, "optax.lamb": 1e-2}
 
 
 def resnet_schedule(lr: Any, iters: int) -> optax.Schedule:
@@ -93,8 +113,8 @@ def resnet_schedule(lr: Any, iters: int) -> optax.Schedule:
 
 def resnet_optimizer(method: str, lr: Any, iters: int, params: Any) -> Optimizer:
   del params
-  return methods.build(method, Recipe(resnet_schedule(lr, iters), RESNET_MOMENTUM,
-                                      RESNET_WEIGHT_DECAY))
+  return methods.build(registry_name(method), Recipe(resnet_schedule(lr, iters),
+                                                     RESNET_MOMENTUM, RESNET_WEIGHT_DECAY))
 
 
 # --- charlm: AdamW's recipe, the learning rate applied after the update ------------------------
@@ -117,8 +137,8 @@ def charlm_optimizer(method: str, lr: Any, iters: int, params: Any) -> Optimizer
   del params
   shape = optax.warmup_cosine_decay_schedule(
       0.0, 1.0, max(1, round(CHARLM_WARMUP * iters)), iters, CHARLM_FINAL)
-  unit = methods.build(method, Recipe(shape, weight_decay=0.1, b2=0.95, decay_mask=decay_mask,
-                                      stacked=CHARLM_STACKED))
+  unit = methods.build(registry_name(method), Recipe(
+      shape, weight_decay=0.1, b2=0.95, decay_mask=decay_mask, stacked=CHARLM_STACKED))
   return Optimizer(optax.chain(unit.tx, optax.scale(lr)), unit.seen)
 
 
@@ -129,11 +149,13 @@ def charlm_optimizer(method: str, lr: Any, iters: int, params: Any) -> Optimizer
 class Entry:
   """A workload of the tuned comparisons.
 
-  ``methods``: the default methods and their grid centres; a method given with ``--methods``
-  and not listed takes its base's centre, else ``centre``. ``baseline``: the peers' base
+  ``methods``: the default methods and where their search starts; a method given with
+  ``--methods`` and not listed takes its base's start, a peer :data:`PEER_CENTRES`, else
+  ``centre``, which is also the lattice's anchor. ``baseline``: the peers' base
   (``peer_baseline`` for a peer not listed); every other method is compared with its base
   part (``sgd`` for ``sgd+layer``). ``setup(args, dataset)`` gives the engine's
-  :class:`~experiments.engine.Setup` and the run's sizes for results.json.
+  :class:`~experiments.engine.Setup` and the run's sizes for results.json. ``reference``:
+  the level a trained base reaches (:class:`experiments.tuning.Workload`).
   """
 
   kind: str  # the data kind: "images" or "text"
@@ -145,6 +167,7 @@ class Entry:
   setup: Callable[[argparse.Namespace, Any], tuple[engine.Setup, dict]]
   add_options: Callable[[argparse.ArgumentParser], None]
   diverged_at: Callable[[Any], float]
+  reference: dict
   baseline: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -156,14 +179,15 @@ def _image_sizes(setup: engine.Setup, args, dataset: data.ImageData, **extra) ->
 
 
 def lenet_setup(args, dataset) -> tuple[engine.Setup, dict]:
-  setup = engine.Setup(LENET_MODEL, engine.Images(batch=64), lenet_optimizer, eval_points=3)
+  setup = engine.Setup(LENET_MODEL, engine.Images(batch=64), lenet_optimizer,
+                       eval_points=EVAL_POINTS)
   return setup, _image_sizes(setup, args, dataset, solver="Caffe lenet_solver (inv, momentum "
                              "0.9, wd 5e-4, bias lr x2)")
 
 
 def resnet_setup(args, dataset) -> tuple[engine.Setup, dict]:
   setup = engine.Setup(models.ResNet(widths=tuple(args.widths)), engine.Images(args.batch),
-                       resnet_optimizer, eval_points=2)
+                       resnet_optimizer, eval_points=EVAL_POINTS)
   return setup, _image_sizes(setup, args, dataset, widths=list(args.widths), blocks_per_stage=1,
                              schedule=f"linear warm-up {RESNET_WARMUP:.0%}, cosine to 0",
                              weight_decay=RESNET_WEIGHT_DECAY, momentum=RESNET_MOMENTUM)
@@ -216,29 +240,37 @@ def _charlm_options(parser) -> None:
   parser.add_argument("--text", default=None, metavar="FILE",
                       help="train on this UTF-8 text file instead of --dataset")
   for option, default, help_text in (
-      ("context", 64, "characters per window"), ("width", 64, "model width"),
+      ("context", 64, "characters per window"), ("width", 128, "model width"),
       ("heads", 4, "attention heads"), ("blocks", 4, "transformer blocks"),
-      ("batch", 16, "windows per minibatch"), ("eval-points", 5, "evaluation points per run"),
+      ("batch", 12, "windows per minibatch"),
+      ("eval-points", EVAL_POINTS, "evaluation points per run"),
       ("eval-tokens", 65536, "positions scored per split at each evaluation")):
     parser.add_argument(f"--{option}", type=cli.positive_int, default=default,
                         help=f"{help_text} (default {default})")
 
 
+LENET_REFERENCE = {"split": "test", "value": 12.0, "source": "SGD at the paper's rate after "
+                   "2,000 iterations: 11.97% test error; a trained LeNet: 9-10%"}
+RESNET_REFERENCE = {"split": "test", "value": 11.0, "source": "a small ResNet trained for a "
+                    "few epochs: at or below 11% test error"}
+CHARLM_REFERENCE = {"split": "val", "value": 2.0 / math.log(2), "source": "nanoGPT's "
+                    "shakespeare_char CPU recipe: 1.88 nats/char validation (2.71 bits) on "
+                    "tiny Shakespeare; the level asked: 2.0 nats/char (2.89 bits)"}
+
 WORKLOADS: dict[str, Entry] = {
-    "lenet": Entry("images", "fashion_mnist", 300,
-                   {f"{b}{s}": 0.01 for b in ("sgd", "nag", "adagrad")
-                    for s in ("", "+layer", "+relative")},
-                   0.01, "sgd", lenet_setup, _image_options, lambda dataset: 80.0),
-    "resnet": Entry("images", "fashion_mnist", 300,
-                    {"sgd": 0.1, "sgd+layer": 0.1, "sgd+relative": 0.1, "nag": 0.1,
-                     "nag+layer": 0.1, "nag+relative": 0.1, "optax.lars": 10.0},
-                    0.1, "sgd", resnet_setup, _resnet_options, lambda dataset: 80.0,
-                    {"optax.lars": "sgd"}),
-    "charlm": Entry("text", "shakespeare", 600,
-                    {"adamw": 3e-3, "adamw+layer": 1e-3, "adamw+relative": 3e-3,
-                     "optax.lamb": 1e-2},
-                    3e-3, "adamw", charlm_setup, _charlm_options,
-                    lambda corpus: math.log2(len(corpus.vocab)), {"optax.lamb": "adamw"}),
+    "lenet": Entry("images", "fashion_mnist", 2000,
+                   {**{f"{b}{s}": 0.01 for b in ("sgd", "adagrad")
+                       for s in ("", "+layer", "+relative")}, "lars": 10.0},
+                   0.01, "sgd", lenet_setup, _image_options, lambda dataset: 80.0,
+                   LENET_REFERENCE),
+    "resnet": Entry("images", "fashion_mnist", RESNET_ITERS,
+                    {"nag": 0.1, "nag+layer": 0.1, "nag+relative": 0.1, "lars": 10.0},
+                    0.1, "nag", resnet_setup, _resnet_options, lambda dataset: 80.0,
+                    RESNET_REFERENCE),
+    "charlm": Entry("text", "shakespeare", 2000,
+                    {"adamw": 1e-3, "adamw+layer": 1e-3, "adamw+relative": 1e-3, "lamb": 1e-2},
+                    1e-3, "adamw", charlm_setup, _charlm_options,
+                    lambda corpus: math.log2(len(corpus.vocab)), CHARLM_REFERENCE),
 }
 
 
@@ -262,8 +294,8 @@ def choose_methods(entry: Entry, spec: str | None,
   needed = list(dict.fromkeys(names + [baseline(m) for m in names]))
   if len(needed) > len(names):
     log(f"adding the baselines {', '.join(needed[len(names):])}")
-  centres = {m: entry.methods.get(m, entry.methods.get(m.partition("+")[0], entry.centre))
-             for m in needed}
+  centres = {m: entry.methods.get(m, entry.methods.get(
+      m.partition("+")[0], PEER_CENTRES.get(m, entry.centre))) for m in needed}
   return centres, {m: baseline(m) for m in needed}
 
 
@@ -297,8 +329,16 @@ def workload(name: str, args, log: Callable[[str], None] = print) -> tuning.Work
   return tuning.Workload(
       name=name, metric=setup.data.metric, lower_is_better=True, methods=centres,
       baseline=baseline, train=functools.partial(engine.train, setup=setup), load_data=loader,
-      iters=args.iters, diverged_at=entry.diverged_at(dataset), sizes=sizes,
-      seeds=args.seeds, grid_seeds=args.grid_seeds)
+      iters=args.iters, diverged_at=entry.diverged_at(dataset),
+      sizes={**sizes, "reference": entry.reference}, anchor=entry.centre,
+      coarse_iters=args.iters // 4 if args.coarse_iters is None else args.coarse_iters,
+      coarse_points=args.coarse_points, fine_span=args.fine_span,
+      grid_seeds=tuple(range(args.grid_seeds)),
+      eval_seeds=tuple(range(EVAL_SEED0, EVAL_SEED0 + args.seeds)),
+      reference=entry.reference)
+
+
+EVAL_SEED0 = 100  # evaluation seeds 100, 101, ...: disjoint from the grid seeds 0, 1, ...
 
 
 def datasets_of(kind: str) -> list[str]:
@@ -321,10 +361,21 @@ def parser() -> cli.Parser:
                      help="worker processes, one core each (default %(default)s)")
     sub.add_argument("--iters", type=cli.positive_int, default=entry.iters,
                      help="training iterations per run (default %(default)s)")
-    sub.add_argument("--seeds", type=cli.positive_int, default=5,
-                     help="seeds at the selected learning rate (default %(default)s)")
-    sub.add_argument("--grid-seeds", type=cli.positive_int, default=1,
-                     help="seeds per grid point (default %(default)s)")
+    sub.add_argument("--seeds", type=cli.positive_int, default=10,
+                     help=f"evaluation seeds {EVAL_SEED0}, {EVAL_SEED0 + 1}, ... at the "
+                     "selected learning rate (default %(default)s)")
+    sub.add_argument("--grid-seeds", type=cli.positive_int, default=3,
+                     help="seeds 0, 1, ... per full-length grid point (default %(default)s)")
+    sub.add_argument("--coarse-iters", type=int, default=None,
+                     help="iterations of the coarse stage's runs, 0 for none (default: a "
+                     "quarter of --iters)")
+    sub.add_argument("--coarse-points", type=cli.positive_int, default=7,
+                     help="coarse points, 2 lattice steps apart (default %(default)s)")
+    sub.add_argument("--fine-span", type=int, default=2,
+                     help="full-length grid: lattice points this many steps either side of "
+                     "the coarse best (default %(default)s)")
+    sub.add_argument("--pilot", type=cli.positive_int, default=None, metavar="N",
+                     help="only time N full-length runs of the first method (one process)")
     sub.add_argument("--methods", default=None,
                      help="comma-separated methods of experiments.methods (default: "
                      f"{','.join(entry.methods)}); their baselines are added")
@@ -345,6 +396,13 @@ def main(argv: list[str] | None = None) -> dict:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parser().parse_args(argv)
   out = cli.writable_folder(args.out)
+  if (args.coarse_iters is not None and not 0 <= args.coarse_iters < args.iters
+      or args.fine_span < 0):
+    raise cli.UsageError("--coarse-iters takes 0 to --iters - 1 and --fine-span 0 or more")
+  if args.pilot is not None:
+    timed = tuning.pilot(workload(args.workload, args), out, args.pilot)
+    print(json.dumps(timed, indent=1))
+    return timed
   results = tuning.run(workload(args.workload, args), out, args.workers,
                        command=" ".join(["python -m experiments.tuned", *argv]))
   print(report.write_tuned(out, results, plots=not args.no_plots))

@@ -272,12 +272,16 @@ def test_tiny_command_writes_results_with_the_schema(tmp_path, capsys):
   tuned.main(["charlm", "--text", str(tmp_path / "corpus.txt"), "--out", str(out), "--iters", "4",
                "--seeds", "2", "--workers", "1", "--no-plots", "--methods", "adamw,adamw+layer",
                "--context", "8", "--width", "16", "--blocks", "2", "--batch", "4",
-               "--eval-points", "2", "--eval-tokens", "64"])
+               "--eval-points", "2", "--eval-tokens", "64", "--grid-seeds", "1",
+               "--coarse-iters", "0", "--fine-span", "1"])
   results = json.loads((out / "results.json").read_text())
+  assert results["grid_seeds"] == [0] and results["eval_seeds"] == [100, 101]
   assert results["workload"] == "charlm" and results["lower_is_better"] is True
   assert results["sizes"]["blocks"] == 2 and results["sizes"]["vocab"] == 9
   assert results["protocol"]["diverged_at"] == pytest.approx(math.log2(9))
   method = results["methods"]["adamw+layer"]
   assert method["baseline"] == "adamw" and len(method["test"]) == 2
-  assert len(method["paired_test_diff"]) == 2 and len(method["grid"]) >= 5
+  assert len(method["paired_test_diff"]) == 2 and len(method["grid"]) >= 3
+  assert len(method["ci95"]) == 2 and method["verdict"] in (
+      "better", "worse", "no difference detected", "diverged")
   assert (out / "table.md").exists()
