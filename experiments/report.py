@@ -4,7 +4,11 @@
 curves, test-error and effective-learning-rate plots.
 
 **Tuned comparisons** (:mod:`experiments.tuned`): ``table.md`` per workload
-(:func:`tuned_table`), ``tuning.png`` (mean final validation metric against learning rate per
+(:func:`tuned_table`: per method the selected rate, validation and test metric over the
+evaluation seeds, and against its base the paired difference with its 95% t interval,
+Wilcoxon p, detectable effect and verdict, recomputed from the per-seed values by
+:func:`experiments.stats.paired`, and the iterations to the base's validation value with the
+median's interval), ``tuning.png`` (mean final validation metric against learning rate per
 method, diverged points marked, the selected one ringed), ``test_curves.png`` (test metric
 against iteration at the selected rate, mean ± std band) and ``factors.png`` (each layer's
 factor of eq. 9 over training in the base methods' runs at their selected rate, mean over
@@ -34,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import files, records
-from experiments.stats import mean_pm_std, mean_std, number
+from experiments import files, records, stats
+from experiments.stats import mean_pm_std, mean_std
 
 
 def pyplot():
@@ -191,50 +195,81 @@ def write_report(out: Path, results: dict[str, dict], config: dict, plots: bool 
 # --- tuned comparisons -------------------------------------------------------------------------
 
 
-def reached(iters: list[float]) -> str:
-  """Median iterations to the baseline's value and how many seeds reach it."""
-  hits = sum(1 for k in iters if math.isfinite(k))
-  median = float(np.median(iters))
-  return f"{number(median) if math.isfinite(median) else 'not reached'} ({hits}/{len(iters)})"
+def comparison(results: dict, method: str) -> stats.Paired:
+  """``method``'s paired comparison with its base, recomputed from the per-seed test values."""
+  r = results["methods"][method]
+  return stats.paired(r["test"], results["methods"][r["baseline"]]["test"],
+                      results["lower_is_better"])
+
+
+TUNED_HEADER = ("method", "baseline", "selected lr", "grid points (diverged)", "validation",
+                "test", "paired diff", "95% CI", "p (Wilcoxon)", "detectable effect", "wins",
+                "verdict", "iterations to base val")
+
+
+def tuned_rows(results: dict) -> list[list[str]]:
+  """One row of :data:`TUNED_HEADER` per method."""
+  rows = []
+  for method, r in results["methods"].items():
+    own = r["baseline"] == method
+    cells = stats.paired_cells(comparison(results, method))
+    paired = (["—"] * 5 + ["(tuned base)"] if own else
+              [cells[k] for k in ("diff", "ci95", "p", "mde", "wins", "verdict")])
+    rows.append([method, r["baseline"], f"{r['selected_lr']:.3g}",
+                 f"{len(r['grid'])} ({len(r['diverged'])})", mean_pm_std(r["val"]),
+                 mean_pm_std(r["test"]), *paired,
+                 stats.reach_text(stats.reach(r["iters_to_baseline_val"]))])
+  return rows
+
+
+def _seconds(values: list[float]) -> str:
+  return f"{np.median(values):.0f} s" if values else "—"
 
 
 def tuned_table(results: dict) -> str:
   """``table.md`` of a tuned comparison's results (module doc)."""
   direction = "lower" if results["lower_is_better"] else "higher"
-  seeds = results["protocol"]["seeds"]
+  seeds, grid_seeds = results["eval_seeds"], results["grid_seeds"]
+  stages = results["protocol"]["stages"]
   lines = [f"# {results['workload']}: tuned comparison", "",
            f"{results['metric']} ({direction} is better) after {results['iters']} iterations, "
-           f"mean ± std over {seeds} paired seeds at each method's selected learning rate "
-           f"({results['protocol']['selection']}; {results['protocol']['grid_seeds']} grid "
-           "seed(s)). Paired difference: method minus baseline, per seed; wins: seeds where "
-           "the method is better. Iterations: median over seeds to reach the baseline's mean "
-           "final validation value (seeds that reach it).", "",
-           "| method | baseline | selected lr | grid points (diverged) | validation | test | "
-           "paired test diff | wins | iterations to baseline val |",
-           "|---|---|---|---|---|---|---|---|---|"]
-  for method, r in results["methods"].items():
-    own = r["baseline"] == method
-    diff = "—" if own else mean_pm_std(r["paired_test_diff"])
-    wins = "—" if own else f"{r['wins']}/{len(r['paired_test_diff'])}"
-    lines.append(f"| {method} | {r['baseline']} | {r['selected_lr']:.3g} | "
-                 f"{len(r['grid'])} ({len(r['diverged'])}) | {mean_pm_std(r['val'])} | "
-                 f"{mean_pm_std(r['test'])} | {diff} | {wins} | "
-                 f"{reached(r['iters_to_baseline_val'])} |")
-  sizes = "; ".join(f"{k}: {v}" for k, v in results["sizes"].items())
-  environment = results["environment"]
+           f"mean ± std over the {len(seeds)} evaluation seeds ({seeds[0]}-{seeds[-1]}) at "
+           f"each method's selected learning rate ({results['protocol']['selection']}: "
+           f"{len(grid_seeds)} grid seeds, {grid_seeds[0]}-{grid_seeds[-1]}). Paired diff: "
+           "method minus its base per seed, mean ± std; 95% CI: the t interval of the mean; "
+           "detectable effect: the mean difference found with 80% power; verdict: better or "
+           "worse only when the interval excludes 0. Iterations: median over seeds to reach "
+           "the base's mean final validation value [95% interval of the median] (seeds that "
+           "reach it).", "",
+           stats.markdown_table(TUNED_HEADER, tuned_rows(results)), "",
+           "Search: " + "; ".join(
+               f"{st['stage']}: {results['runs'].get(st['stage'], 0)} runs of {st['iters']} "
+               f"iterations, seeds {', '.join(map(str, st['seeds']))}" for st in stages)
+           + f"; lattice lr = {results['protocol']['lattice']['anchor']:g} x "
+             f"{results['protocol']['lattice']['ratio']:.4g}^k."]
+  levels = [f"{m}: {r['level']['split']} {r['level']['mean']:.4g} against "
+            f"{r['level']['value']:.4g} ({'met' if r['level']['met'] else 'missed'}; "
+            f"{r['level']['source']})" for m, r in results["methods"].items() if "level" in r]
+  if levels:
+    lines += ["", "Level of the tuned base: " + "; ".join(levels) + "."]
+  sizes = "; ".join(f"{k}: {v}" for k, v in results["sizes"].items() if k != "reference")
+  environment, hardware = results["environment"], results["hardware"]
+  per_run = [w for r in results["methods"].values() for w in r["wall_s"]]
   lines += ["", f"Sizes: {sizes}.", "",
             f"Wall time: {results['seconds']:.0f} s for this command, "
-            f"{results['train_seconds']:.0f} s of training in all runs "
-            f"({environment.get('backend')}, jax {environment.get('jax')}). "
-            f"Command: `{results['command']}`."]
+            f"{results['train_seconds']:.0f} s of training in all runs ("
+            + ", ".join(f"{k} {v:.0f} s" for k, v in results["stage_seconds"].items())
+            + f"), median {_seconds(per_run)} per evaluation run; {hardware['cpu']}, "
+            f"{hardware['cores']} cores ({environment.get('backend')}, jax "
+            f"{environment.get('jax')}). Command: `{results['command']}`."]
   return "\n".join(lines) + "\n"
 
 
 def selected_records(out: Path, results: dict, method: str) -> list[dict]:
-  """The run records of ``method`` at its selected rate, seeds 0..seeds-1."""
+  """The run records of ``method`` at its selected rate, one per evaluation seed."""
   r = results["methods"][method]
   found = []
-  for seed in range(results["protocol"]["seeds"]):
+  for seed in results["eval_seeds"]:
     task = records.RunTask(method, r["selected_lr"], seed, results["iters"])
     record = records.read_record(records.record_path(out, task), task)
     if record is None:

@@ -4,22 +4,21 @@ Reads every ``<results>/<workload>/results.json`` present (``--results``, defaul
 ``runs/tuned``, where :mod:`experiments.tuned` writes; the committed ones are in
 ``results/evidence``) and writes ``<results>/verdict.md``: per workload and base method (a
 method that is its own baseline), the tuned base, the tuned ``+layer`` (factor of eq. 9), the
-tuned ``+relative`` (the factors divided by their mean over layers) and the layer-wise peers
-compared with that base (``optax.lars``, ``optax.lamb``), each with its final test metric
-(mean ± std over the paired seeds) and its paired difference to the base (mean ± std,
-wins/seeds).
+tuned ``+relative`` (the factors divided by their parameter-weighted mean, so the mean factor
+over parameters is 1 at every step) and the layer-wise peers compared with that base, each
+with its final test metric (mean ± std over the evaluation seeds) and its paired comparison
+with the base, recomputed from the per-seed values (:func:`experiments.stats.paired`): mean
+difference, 95% t interval, Wilcoxon p, detectable effect at 80% power, wins.
 
-The rule, per method against its tuned base (``d_s`` = method minus base on seed ``s``,
-``n`` seeds, ``need = ceil(0.8 n)``, 4 of 5):
+The rule (``d_s`` = method minus base on evaluation seed ``s``): **better** or **worse** only
+when the 95% interval of the mean ``d`` excludes 0; otherwise **no difference detected**,
+stated with the effect the seeds could have detected; **diverged** when one side diverged on
+seeds the interval cannot account for.
 
-* **better** if the mean of ``d_s`` favours the method and it wins on at least ``need`` seeds;
-* **worse** if the mean favours the base and the base wins on at least ``need`` seeds;
-* **no difference** otherwise.
-
-The summary per workload and base separates the two things the factor does: if ``+layer`` is
-better and ``+relative`` (redistribution only, mean factor 1) is not, the gain came with the
-factor's global boost of the step; if ``+relative`` is better too, the redistribution across
-layers carries it.
+The summary per workload and base states each verdict and attributes a gain only as the
+intervals allow: if ``+layer`` and ``+relative`` are both better, the redistribution across
+layers carries a gain; if only ``+layer`` is, the redistribution alone was not shown to help
+(``+relative``'s detectable effect says how small a gain could have been missed).
 
 Last, a table of how far from uniform the factors were (:func:`factor_rows`), read from the
 base methods' run records at their selected rates.
@@ -28,32 +27,17 @@ base methods' run records at their selected rates.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
-from experiments import cli, files, report, tuned
+from experiments import cli, files, report, stats, tuned
 from experiments.records import METHOD_KEYS
 from experiments.stats import mean_pm_std
 
 WORKLOADS = tuple(tuned.WORKLOADS)
-SHARE_TO_WIN = 0.8
-RELATION = {"better": "better than", "worse": "worse than", "no difference": "no different from"}
-
-
-def judge(diffs: list[float], lower_is_better: bool) -> str:
-  """'better', 'worse' or 'no difference' for paired differences (method minus base)."""
-  sign = 1 if lower_is_better else -1
-  need = math.ceil(SHARE_TO_WIN * len(diffs))
-  mean = float(np.mean(diffs)) * sign
-  wins = sum(1 for d in diffs if sign * d < 0)
-  losses = sum(1 for d in diffs if sign * d > 0)
-  if mean < 0 and wins >= need:
-    return "better"
-  if mean > 0 and losses >= need:
-    return "worse"
-  return "no difference"
+# What a results.json of this protocol holds per method beyond the schema's core.
+INTERVAL_KEYS = ("ci95", "p_wilcoxon", "mde", "verdict", "iters_to_baseline_val")
 
 
 def compared(results: dict, base: str) -> list[str]:
@@ -63,46 +47,45 @@ def compared(results: dict, base: str) -> list[str]:
   return own + [m for m, r in methods.items() if r["baseline"] == base and m not in own]
 
 
+def stated(results: dict, method: str) -> str:
+  """``method``'s verdict against its tuned base with the interval behind it."""
+  result = report.comparison(results, method)
+  base = results["methods"][method]["baseline"]
+  low, high = result.ci95
+  decimals = stats.std_decimals(result.std)
+  return (f"{method} {stats.verdict_text(result)} against tuned {base} (mean difference "
+          f"{stats.pm(result.mean, result.std, signed=True).split(' ± ')[0]}, 95% CI "
+          f"{stats.interval_text(low, high, decimals)})")
+
+
 def summary(results: dict, base: str) -> str:
-  """The verdict in words for ``base`` on one workload."""
-  lower = results["lower_is_better"]
-  verdicts = {m: judge(results["methods"][m]["paired_test_diff"], lower)
-              for m in compared(results, base)[1:]}
-  layer, relative = verdicts.get(f"{base}+layer"), verdicts.get(f"{base}+relative")
-  if layer is None:
-    words = f"no {base}+layer run"
-  elif layer == "better" and relative == "better":
-    words = (f"{base}+layer better than tuned {base}, and so is {base}+relative: the "
-             "redistribution across layers carries the gain")
-  elif layer == "better":
-    words = (f"{base}+layer better than tuned {base}, but {base}+relative is "
-             f"{RELATION.get(relative, 'not run against')} tuned {base}: the gain came with the "
-             "factor's global boost of the step, not the redistribution across layers")
-  elif relative == "better":
-    words = (f"{base}+layer {RELATION[layer]} tuned {base} while {base}+relative is better: "
-             "the redistribution helps only without the boost")
-  else:
-    words = (f"{base}+layer {RELATION[layer]} tuned {base}; {base}+relative "
-             f"{RELATION.get(relative, 'not run against')} tuned {base}")
-  peers = [f"{m} {v}" for m, v in verdicts.items()
-           if m not in (f"{base}+layer", f"{base}+relative")]
-  return words + (f"; peers: {', '.join(peers)}" if peers else "") + "."
+  """The verdicts in words for ``base`` on one workload, attributing a gain only as the
+  intervals allow (module doc)."""
+  methods = compared(results, base)[1:]
+  verdicts = {m: report.comparison(results, m).verdict for m in methods}
+  layer, relative = f"{base}+layer", f"{base}+relative"
+  words = "; ".join(stated(results, m) for m in methods) or f"only tuned {base} was run"
+  if verdicts.get(layer) == stats.BETTER and verdicts.get(relative) == stats.BETTER:
+    words += (f". {relative} (mean factor 1 over parameters) is better too: the "
+              "redistribution across layers carries a gain")
+  elif verdicts.get(layer) == stats.BETTER and relative in verdicts:
+    words += (f". {relative} is not: the gain of {layer} is not shown to come from the "
+              "redistribution across layers")
+  return words + "."
 
 
-def rows(results: dict) -> tuple[list[str], list[str]]:
+def rows(results: dict) -> tuple[list[list[str]], list[str]]:
   """The table rows and the summary lines of one workload."""
   lines, sentences = [], []
   methods = results["methods"]
   for base in [m for m, r in methods.items() if r["baseline"] == m]:
     for method in compared(results, base):
       r = methods[method]
-      own = method == base
-      diff = "—" if own else mean_pm_std(r["paired_test_diff"])
-      wins = "—" if own else f"{r['wins']}/{len(r['paired_test_diff'])}"
-      verdict = "(tuned base)" if own else judge(r["paired_test_diff"],
-                                                 results["lower_is_better"])
-      lines.append(f"| {results['workload']} | {base} | {method} | {r['selected_lr']:.3g} | "
-                   f"{mean_pm_std(r['test'])} | {diff} | {wins} | {verdict} |")
+      cells = stats.paired_cells(report.comparison(results, method))
+      paired = (["—"] * 5 + ["(tuned base)"] if method == base else
+                [cells[k] for k in ("diff", "ci95", "p", "mde", "wins", "verdict")])
+      lines.append([results["workload"], base, method, f"{r['selected_lr']:.3g}",
+                    mean_pm_std(r["test"]), *paired])
     sentences.append(f"- **{results['workload']}, {base}**: {summary(results, base)}")
   return lines, sentences
 
@@ -137,33 +120,38 @@ def factor_rows(folder: Path, all_results: list[dict]) -> list[str]:
           "max/min across layers |", "|---|---|---|---|---|---|", *rows]
 
 
+HEADER = ("workload", "base", "method", "selected lr", "test metric", "paired diff vs base",
+          "95% CI", "p (Wilcoxon)", "detectable effect", "wins", "verdict")
+
+
 def verdict(all_results: list[dict], folder: Path | None = None) -> str:
   """verdict.md's text for the workloads' results (with the factor table when ``folder``
   holds their run records)."""
-  table = ["| workload | base | method | selected lr | test metric | paired diff vs base | "
-           "wins | verdict |", "|---|---|---|---|---|---|---|---|"]
-  sentences, metrics = [], []
+  table, sentences, metrics = [], [], []
   for results in all_results:
     lines, said = rows(results)
     table += lines
     sentences += said
     direction = "lower" if results["lower_is_better"] else "higher"
     metrics.append(f"{results['workload']}: {results['metric']}, {direction} is better, "
-                   f"{results['protocol']['seeds']} seeds, {results['iters']} iterations")
+                   f"{len(results['eval_seeds'])} evaluation seeds, {results['iters']} "
+                   "iterations")
   present = {r["workload"] for r in all_results}
   missing = [w for w in WORKLOADS if w not in present]
-  head = ["Each method's learning rate tuned on held-out validation data, then rerun on "
-          "paired seeds; the test metric is the final one, mean ± std over seeds. Paired "
-          "difference: method minus the tuned base, per seed. Verdict: *better* when the mean "
-          "paired difference favours the method and it wins on at least 80% of the seeds "
-          "(4 of 5), *worse* when the same holds for the base, *no difference* otherwise.", "",
+  head = ["Each method's learning rate selected on the mean final validation metric of the grid "
+          "seeds, then rerun on evaluation seeds disjoint from them and shared by every "
+          "method; the test metric is the final one, mean ± std over the evaluation seeds. "
+          "Paired difference: method minus the tuned base, per seed, mean ± std; 95% CI: its "
+          "t interval; p: Wilcoxon signed-rank; detectable effect: the mean difference found "
+          "with 80% power. Verdict: *better* or *worse* only when the interval excludes 0, "
+          "otherwise *no difference detected* with the effect the seeds could detect.", "",
           "Metrics: " + "; ".join(metrics) + ".", ""]
   if not all_results:
     return "\n".join(head[:-2] + [f"No workload has been run yet ({', '.join(missing)})."]) + "\n"
   tail = ["", *sentences, *(factor_rows(folder, all_results) if folder else [])]
   if missing:
     tail += ["", f"Not run yet: {', '.join(missing)}."]
-  return "\n".join(head + table + tail) + "\n"
+  return "\n".join(head + [stats.markdown_table(HEADER, table)] + tail) + "\n"
 
 
 def load(folder: Path) -> list[dict]:
@@ -177,7 +165,7 @@ def load(folder: Path) -> list[dict]:
     try:
       results = json.loads(path.read_text())
       for method, r in results["methods"].items():
-        missing = sorted(set(METHOD_KEYS) - set(r))
+        missing = sorted(set(METHOD_KEYS + INTERVAL_KEYS) - set(r))
         if missing:
           raise KeyError(f"{method} lacks {', '.join(missing)}")
     except (OSError, ValueError, KeyError, TypeError) as e:
