@@ -198,6 +198,8 @@ JIT_CASES = [pytest.param("fsdp", "sgd", AxisType.Auto, marks=across_processes),
 def test_jit_sharded_update(layout, opt, axis_type):
   """Same updates as one device, every sharding kept, only per-layer scalars all-reduced."""
   mesh = Mesh(np.array(mesh_devices()).reshape(2, 4), ALL, axis_types=(axis_type,) * 2)
+  if jax.process_count() > 1:  # the 'model' axis (tensor parallel) spans the processes
+    assert all(len({d.process_index for d in row}) > 1 for row in mesh.devices), mesh
   shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), LAYOUTS[layout])
   params = jax.device_put(make_params(), shardings)
   grads_seq = [jax.device_put(make_grads(s), shardings) for s in GRAD_SEEDS]
