@@ -160,7 +160,7 @@ def test_lenet_main_writes_results(data_dir, tmp_path):
       {float(lr): v for lr, v in sgd["grid"].items()}, True)
   assert sgd["paired_test_diff"] == [0.0, 0.0]
   assert (out / "table.md").exists()
-  assert len(list((out / "runs" / "sgd").glob("*.json"))) == len(sgd["grid"]) + 1
+  assert len(list((out / "runs" / "sgd").glob("*.json"))) == 3 * len(sgd["grid"]) + 2  # + eval
 
 
 @pytest.mark.parametrize("argv, status, message", [
