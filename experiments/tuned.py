@@ -371,7 +371,7 @@ def parser() -> cli.Parser:
                      "quarter of --iters)")
     sub.add_argument("--coarse-points", type=cli.positive_int, default=7,
                      help="coarse points, 2 lattice steps apart (default %(default)s)")
-    sub.add_argument("--fine-span", type=int, default=2,
+    sub.add_argument("--fine-span", type=int, default=1,
                      help="full-length grid: lattice points this many steps either side of "
                      "the coarse best (default %(default)s)")
     sub.add_argument("--pilot", type=cli.positive_int, default=None, metavar="N",

@@ -90,7 +90,7 @@ class Workload:
   coarse_iters: int = 0
   coarse_step: int = 2
   coarse_points: int = 7
-  fine_span: int = 2
+  fine_span: int = 1
   grid_seeds: tuple[int, ...] = (0, 1, 2)
   eval_seeds: tuple[int, ...] = tuple(range(100, 110))
   max_extensions: int = 4

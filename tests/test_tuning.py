@@ -55,7 +55,7 @@ def fake_workload(**changes) -> tuning.Workload:
       name="fake", metric="loss", lower_is_better=True, methods=dict.fromkeys(SHAPES, 0.01),
       baseline={"mid": "mid", "low": "mid", "up": "mid"}, train=fake_train,
       load_data=functools.partial(str, "data"), iters=ITERS, diverged_at=5.0,
-      sizes={"model": "analytic"}, coarse_iters=COARSE, coarse_points=5,
+      sizes={"model": "analytic"}, coarse_iters=COARSE, coarse_points=5, fine_span=2,
       eval_seeds=(100, 101, 102, 103),
       reference={"split": "test", "value": 0.8, "source": "made up"})
   return dataclasses.replace(workload, **changes)
@@ -260,3 +260,13 @@ def test_relative_keeps_the_parameter_weighted_mean_factor_at_one():
     assert (r["a"].sum() + r["b"].sum()) / 14 == pytest.approx(1.0, rel=1e-6)
     assert r["a"][0, 0] != pytest.approx(r["b"][0], rel=1e-3)  # and they differ
   assert tuned.registry_name("adamw+layer") == "adamw+layer"
+
+
+def test_one_step_span_grows_beside_an_edge_best(tmp_path):
+  CALLS.clear()
+  results = tuning.run(fake_workload(fine_span=1), tmp_path, workers=1, log=lambda line: None)
+  # up: coarse best 8, grid 7..9, best 7 on the edge: 6 added, then 7 is inside.
+  assert list(results["methods"]["up"]["grid"]) == rates(range(6, 10))
+  assert list(results["methods"]["mid"]["grid"]) == rates(range(-1, 2))
+  assert results["methods"]["up"]["selected_lr"] == tuning.grid_lr(0.01, 2 ** 0.5, 7)
+  assert tuning.Workload.fine_span == 1  # the default
