@@ -24,11 +24,13 @@ so a process killed at any point leaves the previous checkpoint or the new one; 
 of another configuration is refused (named, left in place).
 
 **Results** (``results.json`` of a tuned comparison, :mod:`experiments.tuning`):
-``{"workload", "metric", "lower_is_better", "iters", "sizes", "protocol", "methods":
-{name: {"baseline", "grid": {repr(lr): [final validation per grid seed]}, "diverged",
-"selected_lr", "val", "test", "paired_test_diff", "wins", "iters_to_baseline_val"}},
-"train_seconds", "environment", "command", "seconds"}`` (:data:`METHOD_KEYS` are required
-of every method).
+``{"workload", "metric", "lower_is_better", "iters", "grid_seeds", "eval_seeds", "sizes",
+"protocol", "methods": {name: {"baseline", "grid": {repr(lr): [final validation per grid
+seed]}, "diverged", "selected_lr", "coarse" (stage 1's grid, where run), "val", "test"
+(per evaluation seed), "paired_test_diff", "mean_diff", "ci95", "p_wilcoxon", "mde", "wins",
+"verdict", "iters_to_baseline_val", "reach", "wall_s", "level" (bases)}}, "runs",
+"stage_seconds", "train_seconds", "environment", "hardware", "command", "seconds"}``
+(:data:`METHOD_KEYS` are required of every method).
 """
 
 from __future__ import annotations
