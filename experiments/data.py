@@ -3,7 +3,8 @@ and python; the Shakespeare corpora in :mod:`experiments.shakespeare`) and check
 
 :data:`DATASETS` maps each name a command takes (``--dataset``) to its :class:`Source`:
 ``fashion_mnist``, ``mnist``, ``cifar10``, ``generated`` (small learnable images made in
-memory, for tests and demos), ``shakespeare`` (the plays) and ``tiny_shakespeare``. Adding a
+memory, for tests and demos), ``shakespeare`` (the plays), ``tiny_shakespeare`` and
+``teacher`` (a linear teacher for regression, made in memory). Adding a
 dataset is one entry there; :func:`load_dataset` reads any of them.
 
 Every reader checks what it reads and raises :class:`~experiments.cli.InputError` (a
@@ -357,6 +358,23 @@ def generated_images(sizes: tuple[int, int] | None = None, seed: int = 0) -> Dat
   return Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 10)
 
 
+
+class Teacher(NamedTuple):
+  """A linear teacher ``y = A x``: inputs are drawn fresh (``x ~ N(0, I)``), so the data is
+  the matrix ``A`` alone."""
+
+  matrix: np.ndarray  # (width, width) float32
+
+
+def teacher(width: int = 16, rank: int = 4, seed: int = 0) -> Teacher:
+  """A rank-``rank`` teacher ``A = U V^T`` (orthonormal ``U``, ``V``: ``rank`` unit singular
+  values, ``||A||_F^2 = rank``), from a QR factor of a Gaussian matrix."""
+  if 2 * rank > width:
+    raise InputError(f"a teacher of rank {rank} needs a width of at least {2 * rank} (its two "
+                     f"factors), not {width}")
+  q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((width, width)))
+  return Teacher((q[:, :rank] @ q[:, rank:2 * rank].T).astype(np.float32))
+
 def _read_idx(folder, sizes, download, key):
   del download
   return read_idx(folder, sizes, key)
@@ -384,6 +402,11 @@ def _read_tiny(folder, sizes, download):
   return shakespeare.load("tiny", folder, download)
 
 
+
+def _read_teacher(folder, sizes, download):
+  del folder, sizes, download
+  return teacher()
+
 def _anywhere(folder: Path) -> bool:
   del folder
   return True
@@ -392,13 +415,14 @@ def _anywhere(folder: Path) -> bool:
 class Source(NamedTuple):
   """One dataset of :data:`DATASETS`.
 
-  ``kind``: ``"images"`` (``read`` gives a :class:`Dataset`) or ``"text"`` (a
-  :class:`experiments.shakespeare.CharData`). ``read(folder, sizes, download)``: the data
-  in ``folder``; ``sizes`` = (train, test) counts of smaller files in the same format
-  (tests), ``None`` for the published sizes. ``present(folder)``: whether the files are
-  there (else :func:`load_dataset` downloads ``remote`` with ``--download`` or says
-  ``help``). ``extract``: the folder a downloaded archive holds. ``folder``: a system-wide
-  copy read when no ``--data-dir`` is given and it is installed (else ``data/<name>``).
+  ``kind``: ``"images"`` (``read`` gives a :class:`Dataset`), ``"text"`` (a
+  :class:`experiments.shakespeare.CharData`) or ``"teacher"`` (a :class:`Teacher`).
+  ``read(folder, sizes, download)``: the data in ``folder``; ``sizes`` = (train, test)
+  counts of smaller files in the same format (tests), ``None`` for the published sizes.
+  ``present(folder)``: whether the files are there (else :func:`load_dataset` downloads
+  ``remote`` with ``--download`` or says ``help``). ``extract``: the folder a downloaded
+  archive holds. ``folder``: a system-wide copy read when no ``--data-dir`` is given and it
+  is installed (else ``data/<name>``).
   """
 
   kind: str
@@ -459,6 +483,7 @@ DATASETS: dict[str, Source] = {
     "generated": Source("images", _read_generated, _anywhere, "", {}),
     "shakespeare": Source("text", _read_plays, _anywhere, "", {}),
     "tiny_shakespeare": Source("text", _read_tiny, _anywhere, "", {}),
+    "teacher": Source("teacher", _read_teacher, _anywhere, "", {}),
 }
 
 

@@ -196,6 +196,10 @@ class Setup:
   ``factor_points`` evenly spaced iterations (every iteration when it equals the run's
   length), or (``None``) at initialisation and just before each evaluation point.
   ``keep_losses``: the record also holds every iteration's training loss (``losses``).
+  ``probe(params, initial_params) -> {name: scalar}`` (a module-level function), where
+  given, is measured at each evaluation point too (the record's ``probes``). ``fused`` runs
+  the steps between two stops in one compiled loop (``lax.fori_loop``): one dispatch instead
+  of one per step, for models so small that dispatching costs more than computing.
   """
 
   model: Any  # a Flax module, hashable
@@ -207,6 +211,8 @@ class Setup:
   stacked: Any = None
   check_every: int = 50
   keep_losses: bool = False
+  probe: Callable[[Any, Any], dict] | None = None
+  fused: bool = False
 
   def eval_iters(self, iters: int) -> list[int]:
     """``eval_points`` evenly spaced iterations, or (a tuple) those of them up to ``iters``
@@ -245,6 +251,9 @@ class Compiled(NamedTuple):
   step: Callable  # (k, carry, order, slot, train, lr) -> carry
   score: Callable  # (variables, split) -> metric
   names: list[str]
+  steps: Callable  # (first, stop, carry, order, slot, train, lr) -> carry after steps first..
+  probe: Callable | None  # (params, initial params) -> {name: scalar}
+  probes: list[str]  # the probe's names, in the order of its values
 
 
 def _layer_stats(setup: Setup, opt: Optimizer, grads, params, opt_state):
@@ -288,7 +297,15 @@ def compile_run(setup: Setup, method: str, iters: int, example: jax.ShapeDtypeSt
   def score(variables, split):
     return kind.score(lambda x: model.apply(variables, x, train=False), split)
 
-  return Compiled(init, jax.jit(step, donate_argnums=1), jax.jit(score), names)
+  def steps(first, stop, carry: Carry, order, slot, train, lr) -> Carry:
+    return jax.lax.fori_loop(first, stop, lambda k, c: step(k, c, order, slot, train, lr),
+                             carry)
+
+  params = jax.eval_shape(init, jax.random.key(0))["params"]
+  probes = [] if setup.probe is None else sorted(jax.eval_shape(setup.probe, params, params))
+  return Compiled(init, jax.jit(step, donate_argnums=1), jax.jit(score), names,
+                  jax.jit(steps, donate_argnums=2),
+                  None if setup.probe is None else jax.jit(setup.probe), probes)
 
 
 _ON_DEVICE: dict[tuple, tuple] = {}  # (id(dataset), data kind) -> its arrays on device
@@ -325,6 +342,8 @@ def tag(setup: Setup, task: records.RunTask) -> str:
   optimizer = setup.optimizer
   fields["optimizer"] = (f"{optimizer.__module__}.{optimizer.__qualname__}"
                          if hasattr(optimizer, "__qualname__") else repr(optimizer))
+  if setup.probe is not None:  # a function's repr names its address, another in each process
+    fields["probe"] = f"{setup.probe.__module__}.{setup.probe.__qualname__}"
   return " ".join(f"{fields!r} {tuple(task)!r}".split())  # one line (module reprs have several)
 
 
@@ -343,7 +362,9 @@ def train(dataset, task: records.RunTask, progress: Callable[[int], None] = lamb
   run = compile_run(setup, task.method, iters, setup.data.example(dataset))
   train_arrays, val_split, test_split = on_device(setup.data, dataset)
   carry, order, slot = start(setup, run, dataset, task)
-  measured = np.zeros((0, 3))  # (val, test, train loss) at each evaluation point so far
+  initial = jax.tree.map(jnp.copy, carry.params) if run.probe is not None else None
+  # (val, test, train loss, *probes) at each evaluation point so far
+  measured = np.zeros((0, 3 + len(run.probes)))
   done = 0
   if checkpoint is not None and Path(checkpoint).exists():
     carry, extra = records.load_checkpoint(checkpoint, carry, tag(setup, task))
@@ -357,8 +378,11 @@ def train(dataset, task: records.RunTask, progress: Callable[[int], None] = lamb
   for stop in (s for s in stops if s > done):
     if done >= end:
       break
-    for k in range(done, min(stop, end)):
-      carry = run.step(k, carry, order, slot, train_arrays, lr)
+    if setup.fused:
+      carry = run.steps(done, min(stop, end), carry, order, slot, train_arrays, lr)
+    else:
+      for k in range(done, min(stop, end)):
+        carry = run.step(k, carry, order, slot, train_arrays, lr)
     segment = carry.losses[done:min(stop, end)]
     progress(len(segment))
     done = min(stop, end)
@@ -370,6 +394,9 @@ def train(dataset, task: records.RunTask, progress: Callable[[int], None] = lamb
       previous = max([0] + [k for k in evals if k < stop])
       point = (run.score(variables, val_split), run.score(variables, test_split),
                jnp.mean(carry.losses[previous:stop]))
+      if run.probe is not None:
+        probed = run.probe(carry.params, initial)
+        point += tuple(probed[name] for name in run.probes)
       measured = np.concatenate([measured, [[float(v) for v in point]]])
     if checkpoint is not None and done < iters and (
         done - saved >= checkpoint_every or done == end):
@@ -381,10 +408,12 @@ def train(dataset, task: records.RunTask, progress: Callable[[int], None] = lamb
   progress(iters - done)
   if checkpoint is not None:
     Path(checkpoint).unlink(missing_ok=True)
-  table = np.full((len(evals), 3), np.nan)
+  table = np.full((len(evals), 3 + len(run.probes)), np.nan)
   table[:len(measured)] = measured
   norms, factors = np.asarray(carry.norms[:-1]), np.asarray(carry.factors[:-1])
   kept = {"losses": np.asarray(carry.losses).tolist()} if setup.keep_losses else {}
+  if run.probes:
+    kept["probes"] = {name: table[:, 3 + i].tolist() for i, name in enumerate(run.probes)}
   return kept | {"eval_iters": evals, "val": table[:, 0].tolist(), "test": table[:, 1].tolist(),
           "train_loss": table[:, 2].tolist(), "factor_iters": setup.factor_iters(iters),
           "factors": {name: factors[:, i].tolist() for i, name in enumerate(run.names)},
