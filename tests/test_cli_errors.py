@@ -15,13 +15,14 @@ import pytest
 
 from benchmarks import bench_step
 from experiments import data, paper, records, tuned, verdict
-from studies import grouping, lr_sensitivity, saddle, vanishing
+from experiments.studies import grouping, lr_sensitivity, saddle, vanishing
 from tests.generated_data import idx_bytes, write_idx_folder
 
 COMMANDS = {"experiments.paper": paper.main, "experiments.tuned": tuned.main,
-            "experiments.verdict": verdict.main, "studies.saddle": saddle.main,
-            "studies.vanishing": vanishing.main, "studies.lr_sensitivity": lr_sensitivity.main,
-            "studies.grouping": grouping.main, "benchmarks.bench_step": bench_step.main}
+            "experiments.verdict": verdict.main, "experiments.studies.saddle": saddle.main,
+            "experiments.studies.vanishing": vanishing.main,
+            "experiments.studies.lr_sensitivity": lr_sensitivity.main,
+            "experiments.studies.grouping": grouping.main, "benchmarks.bench_step": bench_step.main}
 
 
 def one_line_error(main, argv, capsys) -> tuple[int, str]:
@@ -64,16 +65,26 @@ def test_python_dash_m_runs_from_the_repository_root():
     ("experiments.paper", ["--batch-size", "0"], "argument --batch-size: 0 must be"),
     ("experiments.paper", ["--first-seed", "-1"], "--first-seed -1 must be at least 0"),
     ("experiments.paper", ["--split-sizes", "64"], "--split-sizes takes two numbers"),
-    ("studies.saddle", ["--seeds", "0"], "argument --seeds: 0 must be at least 1"),
-    ("studies.saddle", ["--methods", "adagrad"], "unknown method 'adagrad'; use one of gd, sgd"),
-    ("studies.saddle", ["--lrs", "0.1,x"], "is not a comma-separated list of numbers"),
-    ("studies.saddle", ["--base-lr", "0.3"], "--base-lr 0.3 must be one of --lrs"),
-    ("studies.saddle", ["--rank", "9"], "--rank must be at most half of --width"),
-    ("studies.vanishing", ["--iters", "0"], "argument --iters: 0 must be at least 1"),
-    ("studies.vanishing", ["--iters", "700"], "--iters must be a multiple of --eval-every"),
-    ("studies.lr_sensitivity", ["--methods", "sgd+lars"], "unknown method 'sgd+lars'"),
-    ("studies.grouping", ["--bases", "sgd+layer"], "--bases takes base methods"),
-    ("studies.grouping", ["--workers", "0"], "argument --workers: 0 must be at least 1"),
+    ("experiments.studies.saddle", ["--seeds", "0"], "argument --seeds: 0 must be at least 1"),
+    ("experiments.studies.saddle", ["--methods", "gd"], "unknown method 'gd'; use one of sgd"),
+    ("experiments.studies.saddle", ["--lrs", "0.1,x"], "'x' is not a number"),
+    ("experiments.studies.saddle", ["--lrs=-1,nan"], "-1 must be a finite number above 0"),
+    ("experiments.studies.saddle", ["--lrs=0.1,nan"], "nan must be a finite number above 0"),
+    ("experiments.studies.saddle", ["--base-lr=-1"], "-1 must be a finite number above 0"),
+    ("experiments.studies.saddle", ["--base-lr", "0.3"], "--base-lr 0.3 must be one of --lrs"),
+    ("experiments.studies.saddle", ["--rank", "9"], "--rank must be at most half of --width"),
+    ("experiments.studies.vanishing", ["--iters", "0"], "argument --iters: 0 must be at least 1"),
+    ("experiments.studies.vanishing", ["--iters", "710"],
+     "--iters must be a multiple of --record-every"),
+    ("experiments.studies.vanishing", ["--lr", "0"], "0 must be a finite number above 0"),
+    ("experiments.studies.vanishing", ["--dataset", "teacher"], "invalid choice: 'teacher'"),
+    ("experiments.studies.lr_sensitivity", ["--methods", "sgd+lars"],
+     "unknown method 'sgd+lars'"),
+    ("experiments.studies.lr_sensitivity", ["--lrs", "0.01,inf"], "inf must be a finite"),
+    ("experiments.studies.grouping", ["--methods", "sgd+layer"],
+     "--methods takes base methods"),
+    ("experiments.studies.grouping", ["--workers", "0"],
+     "argument --workers: 0 must be at least 1"),
     ("benchmarks.bench_step", ["--reps", "0"], "argument --reps: 0 must be at least 1"),
     ("benchmarks.bench_step", ["--trees", "LeNet,VGG"], "unknown tree or network 'VGG'"),
     ("benchmarks.bench_step", ["--budget", "-1"], "--budget -1.0 must be at least 0"),
@@ -86,8 +97,10 @@ def test_usage_errors(module, argv, message, capsys):
   assert err.endswith("(see --help)")
 
 
-@pytest.mark.parametrize("module", ["experiments.paper", "studies.saddle", "studies.vanishing",
-                                    "studies.lr_sensitivity", "studies.grouping"])
+@pytest.mark.parametrize("module", ["experiments.paper", "experiments.studies.saddle",
+                                    "experiments.studies.vanishing",
+                                    "experiments.studies.lr_sensitivity",
+                                    "experiments.studies.grouping"])
 def test_unwritable_out(module, tmp_path, capsys):
   blocker = tmp_path / "file"
   blocker.write_text("not a folder")

@@ -111,7 +111,7 @@ def _command_texts() -> dict[str, str]:
 
 
 MAKE_COMMAND = re.compile(r"`make ([a-z][\w-]*)")
-PYTHON_MODULE = re.compile(r"python -m ((?:examples|studies|benchmarks|experiments)\.\w+)")
+PYTHON_MODULE = re.compile(r"python -m ((?:examples|benchmarks|experiments)(?:\.\w+)+)")
 
 
 def test_every_make_target_named_exists():
@@ -128,7 +128,7 @@ def _modules_named():
 
 
 def test_the_commands_are_found():
-  assert {"experiments.paper", "studies.vanishing", "benchmarks.bench_step"} <= set(
+  assert {"experiments.paper", "experiments.studies.vanishing", "benchmarks.bench_step"} <= set(
       _modules_named())
 
 

@@ -3,8 +3,7 @@ table of ``results/fashion_mnist/table.md`` and the benchmark summary
 ``results/bench/summary.md``, which must itself be what ``benchmarks/summary.py`` makes of
 the committed ``results/bench/cpu.json``. Every Markdown table of the README, the docs and
 the committed results has as many cells in each row as in its header (a ``|`` inside a cell,
-as in ``||g||``, breaks a table), and the committed vanishing-gradient tables carry the
-caption and columns ``studies/vanishing.py`` writes."""
+as in ``||g||``, breaks a table)."""
 
 import json
 import re
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from benchmarks import summary
-from studies import vanishing
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -119,17 +117,6 @@ def test_every_table_row_has_the_header_cell_count(name):
   for table in tables((ROOT / name).read_text()):
     counts = cell_counts(table)
     assert counts == [counts[0]] * len(counts), f"{name}: {table[0]}"
-
-
-@pytest.mark.parametrize("folder", ["vanishing", "vanishing/gain4"])
-def test_vanishing_tables_have_the_heading_the_study_writes(folder):
-  study = ROOT / "results" / "studies" / folder
-  results = json.loads((study / "results.json").read_text())
-  caption, header = vanishing.summary_heading(vanishing.Setup(**results["setup"]),
-                                              results["seeds"])
-  lines = (study / "table.md").read_text().splitlines()
-  assert lines[0] == caption and lines[2] == "| " + " | ".join(header) + " |"
-  assert "‖g‖ layer 1" in header
 
 
 def test_performance_docs_stats_table_has_the_committed_ratios():

@@ -1,16 +1,20 @@
-"""The measured studies (studies/*.py) at tiny sizes: they run, and their numbers are real.
+"""The studies (experiments/studies/) at tiny sizes: they run on the engine, and their numbers
+are real.
 
-Each test runs a study's own code end to end (synthetic data or a tiny model where the
-default needs minutes) and checks recorded quantities against their definitions, e.g. that
-recorded factors equal ``1 + log1p(1/norm)`` for the recorded norms (Singh et al. 2015,
-arXiv:1510.04609, eq. 9).
+Each test runs a study's own code end to end on the registries' data (``--dataset
+generated``, a generated teacher) or a tiny model added to the model registry, and checks
+recorded quantities against their definitions, e.g. that recorded factors equal
+``1 + log1p(1/norm)`` for the recorded norms (Singh et al. 2015, arXiv:1510.04609, eq. 9).
+The committed results are tied to the code: their tables have the headings the code writes,
+and the saddle summary of docs/studies.md is what the code makes of the committed
+``results.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -18,110 +22,113 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import data, models, train
-from studies import grouping, lenet_runs, lr_sensitivity, optimizers, saddle, vanishing
+from experiments import data, engine, models, records
+from experiments.studies import grouping, lenet, lr_sensitivity, saddle, vanishing
 from tests import reference
 
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "studies"
 
-def test_make_optimizer_first_step_is_lr_times_factor_times_gradient():
-  params = {"a": {"w": jnp.ones((3, 2))}, "b": {"w": jnp.ones(4), "bias": jnp.ones(2)}}
-  grads = {"a": {"w": jnp.full((3, 2), 1e-3)}, "b": {"w": jnp.full(4, 2.0),
-                                                     "bias": jnp.full(2, 1.0)}}
-  lr = 0.1
-  norm_a, norm_b = np.sqrt(6) * 1e-3, np.sqrt(4 * 4 + 2)
-  for method in ("gd", "sgd", "nag"):
-    base = optimizers.make_optimizer(method, lr)
-    layer = optimizers.make_optimizer(method + "+layer", lr)
-    u_base, _ = base.update(grads, base.init(params), params)
-    u_layer, _ = layer.update(grads, layer.init(params), params)
-    # Nesterov's first step is (1 + momentum) times the gradient step.
-    k = 1 + optimizers.MOMENTUM if method == "nag" else 1.0
-    np.testing.assert_allclose(u_base["a"]["w"], -k * lr * 1e-3, rtol=1e-6)
-    np.testing.assert_allclose(u_layer["a"]["w"], -k * lr * 1e-3 * reference.factor(norm_a),
+
+def test_teacher_has_rank_unit_singular_values():
+  teacher = data.teacher(width=8, rank=3, seed=1).matrix
+  np.testing.assert_allclose(np.linalg.svd(teacher, compute_uv=False),
+                             [1, 1, 1, 0, 0, 0, 0, 0], atol=1e-6)
+  assert data.load_dataset("teacher").matrix.shape == (16, 16)  # the registry's default
+
+
+def test_regression_scores_the_population_loss():
+  teacher = data.teacher(width=8, rank=2)
+  model = models.DeepLinear(width=8, depth=3, init_scale=0.9)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8)))
+  kind = saddle.Regression(batch=16)
+  # The network maps x (a row) to x K_0 K_1 K_2, i.e. P = (K_0 K_1 K_2)^T.
+  kernels = [np.asarray(params["params"][f"layer{i}"]["kernel"], np.float64) for i in range(3)]
+  product = (kernels[0] @ kernels[1] @ kernels[2]).T
+  exact = 0.5 * np.sum((product - teacher.matrix) ** 2)  # L = ||P - A||_F^2 / 2
+  _, split, _ = kind.on_device(teacher)
+  score = kind.score(lambda x: model.apply(params, x), split)
+  np.testing.assert_allclose(score, exact / (0.5 * 2), rtol=1e-5)  # L / L_0, L_0 = rank / 2
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((200_000, 8)), jnp.float32)
+  inputs, targets = kind.batch_at(split, x)
+  np.testing.assert_allclose(kind.loss(model.apply(params, inputs), targets), exact, rtol=0.02)
+
+
+def test_saddle_runs_are_paired_and_record_eq9():
+  settings = {"width": 8, "depth": 3, "rank": 2, "batch": 16, "iters": 60, "record_every": 20,
+              "init_scale": 0.7}
+  setup = saddle.make_setup(settings, 0.7)
+  teacher = data.teacher(8, 2)
+  sgd, layer = (engine.train(teacher, records.RunTask(m, 0.03, 1, 60), setup=setup)
+                for m in ("sgd", "sgd+layer"))
+  assert sgd["eval_iters"] == [20, 40, 60]
+  # The first factors come from the gradient at initialisation: equal only if both methods
+  # start from the same initialisation and minibatch.
+  first = {name: values[0] for name, values in sgd["factors"].items()}
+  assert first == {name: values[0] for name, values in layer["factors"].items()}
+  for run in (sgd, layer):  # for sgd too: the factor it would get
+    np.testing.assert_allclose(np.array(list(run["factors"].values())),
+                               reference.factor(np.array(list(run["norms"].values()))),
                                rtol=1e-5)
-    np.testing.assert_allclose(u_layer["b"]["bias"], -k * lr * reference.factor(norm_b),
-                               rtol=1e-5)
-  with pytest.raises(ValueError):
-    optimizers.make_optimizer("adam+layer", lr)
-
-
-def test_saddle_population_loss_is_the_expected_batch_loss():
-  task = saddle.Task(depth=3, width=8, rank=2)
-  teacher, layers = saddle.init(task, seed=0)
-  params = {f"layer{i}": {"w": 0.9 * layers[i]} for i in range(task.depth)}
-  x = jax.random.normal(jax.random.key(0), (200_000, task.width))
-  exact = saddle.population_loss(params, teacher)
-  np.testing.assert_allclose(saddle.batch_loss(params, teacher, x), exact, rtol=0.02)
-  np.testing.assert_allclose(saddle.population_loss(jax.tree.map(jnp.zeros_like, params),
-                                                    teacher), task.rank / 2, rtol=1e-5)
+  assert saddle.first_below(sgd["val"], sgd["eval_iters"], 2.0) == 20
+  assert saddle.first_below(sgd["val"], sgd["eval_iters"], -1.0) == np.inf
 
 
 def test_saddle_study_tiny(tmp_path):
   # An easy setting (shallow, large init): every run converges well within the cap.
-  res = saddle.main(["--seeds", "3", "--iters", "400", "--depth", "3", "--width", "8",
-                     "--rank", "2", "--init-scale", "0.7", "--init-scales", "0.7",
-                     "--lrs", "0.01,0.03", "--methods", "sgd,sgd+layer", "--record-every",
-                     "20", "--no-plots", "--out", str(tmp_path)])
+  argv = ["--seeds", "3", "--iters", "400", "--depth", "3", "--width", "8", "--rank", "2",
+          "--init-scale", "0.7", "--init-scales", "0.5,0.7", "--lrs", "0.01,0.03",
+          "--methods", "sgd,sgd+layer", "--record-every", "20", "--no-plots",
+          "--out", str(tmp_path)]
+  res = saddle.main(argv)
   for m in ("sgd", "sgd+layer"):
     r = res["methods"][m]
     conv, esc = np.asarray(r["converge"]), np.asarray(r["escape"])
     assert conv.shape == (2, 3)
-    assert np.isfinite(conv).all() and (esc <= conv).all() and (esc >= 1).all()
+    assert np.isfinite(conv).all() and (esc <= conv).all() and (esc >= 20).all()
+    assert (conv % 20 == 0).all()  # evaluation iterations
     assert not np.asarray(r["diverged"]).any()
     curve = np.asarray(r["median_loss_curve_base_lr"])
     assert curve.shape == (20,) and curve[-1] < 0.05
     f = np.asarray(r["median_factor_curve_base_lr"])
-    assert f.shape == (20, 3) and (f >= 1).all()
+    assert f.shape == (saddle.FACTOR_POINTS, 3) and (f >= 1).all()
+    # The scale sweep's s = 0.7 runs are the main sweep's at the best lr (same records).
+    best = [0.01, 0.03].index(r["best_lr"])
+    assert r["scale_sweep"]["converge"][1] == conv[best].tolist()
   assert res["base_lr"] == 0.03  # the largest grid lr at which nothing diverged
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["methods"]["sgd"]["converge"] == np.asarray(
       res["methods"]["sgd"]["converge"]).tolist()
   assert "Paired speed-up" in (tmp_path / "table.md").read_text()
-
-
-def test_saddle_runs_are_paired_and_deterministic():
-  task = saddle.Task(depth=3, width=8, rank=2, iters=60, record_every=20)
-  a = saddle.run_method(task, "sgd", [(0.03, 0.7)], seeds=2)
-  b = saddle.run_method(task, "sgd", [(0.01, 0.7), (0.03, 0.7)], seeds=3)
-  np.testing.assert_allclose(a["loss_curve"][0], b["loss_curve"][1][:2], rtol=1e-5)
-  # The first recorded norms come before any update: equal only if sgd and sgd+layer start
-  # from the same initialisation and batches.
-  c = saddle.run_method(task, "sgd+layer", [(0.0, 0.7)], seeds=2)
-  np.testing.assert_allclose(c["grad_norms"][0, :, 0], a["grad_norms"][0, :, 0], rtol=1e-5)
-  # The recorded factors are eq. 9 of the recorded norms (for sgd too: what it would get).
-  np.testing.assert_allclose(b["factors"], reference.factor(b["grad_norms"]), rtol=1e-5)
-
-
-def _fake_fashion(n_train=256, n_test=100):
-  rng = np.random.default_rng(0)
-  y = rng.integers(0, 10, n_train + n_test).astype(np.int32)
-  centres = rng.uniform(0, 1, (10, 784)).astype(np.float32)
-  x = np.clip(centres[y] + 0.3 * rng.standard_normal((len(y), 784)), 0, 1).astype(np.float32)
-  return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+  assert (tmp_path / "summary.md").read_text() == saddle.summary_table(saved) + "\n"
+  assert len(list((tmp_path / "runs").rglob("*.json"))) == 2 * 2 * 3
+  assert len(list((tmp_path / "scale0.5" / "runs").rglob("*.json"))) == 2 * 3
 
 
 def test_vanishing_study_tiny(tmp_path):
   results, runs = vanishing.main(
-      ["--seeds", "2", "--iters", "40", "--depth", "4", "--width", "16", "--record-every", "10",
-       "--eval-every", "20", "--baseline-lrs", "0.1", "--no-plots", "--out", str(tmp_path)],
-      arrays=_fake_fashion())
+      ["--dataset", "generated", "--seeds", "2", "--iters", "40", "--depth", "4", "--width",
+       "16", "--record-every", "10", "--baseline-lrs", "0.1", "--no-plots",
+       "--out", str(tmp_path)])
   assert list(runs) == ["sgd @ 0.01", "sgd+layer @ 0.01", "sgd @ 0.1"]
   for r in runs.values():
     norm, fac, dist = r["grad_norm"], r["factor"], r["distance"]
-    assert norm.shape == fac.shape == dist.shape == (1, 2, 4, 5)
-    # Recorded factors (from layerwise_optax.layer_factors) against eq. 9 on recorded norms.
+    assert r["factor_iters"] == [0, 9, 19, 29, 39] and r["eval_iters"] == [10, 20, 30, 40]
+    assert norm.shape == fac.shape == (2, 5, 5) and dist.shape == (2, 4, 5)
     np.testing.assert_allclose(fac, reference.factor(norm), rtol=1e-5)
     assert (dist > 0).all() and np.isfinite(dist).all()
-    assert r["test_error"].shape == (1, 2, 3)
+    assert r["test_error"].shape == (2, 4)
     assert ((r["test_error"] >= 0) & (r["test_error"] <= 1)).all()
   # Sigmoid layers: gradients shrink towards the input, so the factor grows there ...
-  fac = runs["sgd @ 0.01"]["factor"][0, :, 0]
+  fac = runs["sgd @ 0.01"]["factor"][:, 0]
   assert (fac[:, 0] > fac[:, -1]).all()
   # ... and the +layer run's first layer has moved further after 10 steps (same seed).
-  d_base = runs["sgd @ 0.01"]["distance"][0, :, 0, 0]
-  d_layer = runs["sgd+layer @ 0.01"]["distance"][0, :, 0, 0]
+  d_base = runs["sgd @ 0.01"]["distance"][:, 0, 0]
+  d_layer = runs["sgd+layer @ 0.01"]["distance"][:, 0, 0]
   assert (d_layer > d_base).all()
-  assert (tmp_path / "table.md").exists() and (tmp_path / "results.json").exists()
+  table = (tmp_path / "table.md").read_text()
+  caption, _ = vanishing.summary_heading(results["settings"], 2, 40)
+  assert table.startswith(caption) and "layer-1 distance @ 10" in table
 
 
 class _Tiny(nn.Module):
@@ -137,75 +144,57 @@ class _Tiny(nn.Module):
     return nn.Dense(self.num_classes, name="fc2")(x)
 
 
-@pytest.fixture(scope="module")
-def tiny_protocol():
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setitem(models.MODELS, "tiny_study_model", _Tiny)
-    protocol = dataclasses.replace(lenet_runs.PROTOCOL, model="tiny_study_model",
-                                   eval_iters=(2, 4))
-    x, y, xt, yt = _fake_fashion(128, 100)
-    to_u8 = lambda a: (255 * a).astype(np.uint8).reshape(-1, 28, 28, 1)
-    yield protocol, data.Dataset(to_u8(x), y, to_u8(xt), yt, 10)
+@pytest.fixture
+def tiny_protocol(monkeypatch):
+  """The Table I protocol with the tiny model (a registry entry), evaluated at 2 and 4."""
+  monkeypatch.setitem(models.MODELS, "tiny_study_model", _Tiny)
+  monkeypatch.setattr(lenet, "PROTOCOL", dataclasses.replace(
+      lenet.PROTOCOL, model="tiny_study_model", eval_iters=(2, 4)))
 
 
-@pytest.fixture(scope="module")
-def main_run(tiny_protocol, tmp_path_factory):
-  """A "main run" for the studies to reuse: reproduce.py's file format, sgd and sgd+layer,
-  seeds 0 and 1, 8 iterations (evaluated at 2, 4, 8), layers="module"."""
-  protocol, dataset = tiny_protocol
-  folder = tmp_path_factory.mktemp("main_run")
-  (folder / "runs").mkdir()
-  for method in ("sgd", "sgd+layer"):
-    for seed in range(2):
-      r = train.run_spec(dataset, train.RunSpec(protocol, method, seed, 8))
-      train.save_run(folder / "runs" / f"{method}_seed{seed}.npz", r)
-  return folder
+TINY = ["--dataset", "generated", "--seeds", "2", "--iters", "4", "--no-plots"]
 
 
-def _saved(folder, method, key):
-  """One curve of the main run's seeds 0 and 1, read straight from its .npz files."""
-  return np.stack([np.load(folder / "runs" / f"{method}_seed{s}.npz")[key] for s in (0, 1)])
+def _records(folder: Path, method: str, lr: float) -> list[dict]:
+  return [records.read_record(path, records.RunTask(method, lr, seed, 4))
+          for seed, path in enumerate(sorted((folder / "runs" / method).glob(f"lr{lr!r}_*")))]
 
 
-def test_lr_sensitivity_study_tiny(tmp_path, tiny_protocol, main_run):
-  protocol, dataset = tiny_protocol
-  res = lr_sensitivity.main(["--seeds", "2", "--iters", "4", "--lrs", "0.01,0.1",
-                             "--workers", "1", "--reuse", str(main_run), "--no-plots",
-                             "--out", str(tmp_path)], protocol, dataset)
-  # The protocol's own rate (0.01) comes from the main run, cut to 4 iterations.
-  assert res["sources"] == {"sgd @ 0.01": str(main_run / "runs"),
-                            "sgd+layer @ 0.01": str(main_run / "runs"),
-                            "sgd @ 0.1": "trained", "sgd+layer @ 0.1": "trained"}
+def test_lr_sensitivity_study_tiny(tmp_path, tiny_protocol, capsys):
+  argv = TINY + ["--lrs", "0.01,0.1", "--out", str(tmp_path)]
+  res = lr_sensitivity.main(argv)
   base, layer = res["methods"]["sgd"], res["methods"]["sgd+layer"]
-  assert base["test_error"].shape == (2, 2)
+  assert base["test_error"].shape == (2, 2) and base["eval_iters"] == [2, 4]
   assert ((base["test_error"] >= 0) & (base["test_error"] <= 1)).all()
   assert (layer["mean_factor"] > 1).all()
-  # At the reused rate: the main run's factors over its first 4 iterations, and its test
-  # errors at iteration 4 (the second of its evaluations at 2, 4, 8).
-  factor_4 = _saved(main_run, "sgd+layer", "factor")[:, :4].mean()
-  np.testing.assert_allclose(layer["mean_factor"][0], factor_4, rtol=1e-6)
-  np.testing.assert_allclose(layer["effective_lr"][0], 0.01 * factor_4, rtol=1e-6)
-  err_4 = {m: _saved(main_run, m, "test_error")[:, 1] for m in ("sgd", "sgd+layer")}
-  np.testing.assert_allclose(res["paired"]["sgd+layer"][0], err_4["sgd"] - err_4["sgd+layer"])
+  # From the run records: the mean of every recorded factor, the paired final errors.
+  for i, lr in enumerate([0.01, 0.1]):
+    saved = _records(tmp_path, "sgd+layer", lr)
+    factors = np.array([list(r["factors"].values()) for r in saved])
+    np.testing.assert_allclose(layer["mean_factor"][i], factors.mean(), rtol=1e-6)
+    np.testing.assert_allclose(layer["effective_lr"][i], lr * factors.mean(), rtol=1e-6)
+    final = {m: np.array([r["test"][-1] for r in _records(tmp_path, m, lr)]) / 100
+             for m in ("sgd", "sgd+layer")}
+    np.testing.assert_allclose(res["paired"]["sgd+layer"][i], final["sgd"] - final["sgd+layer"])
   assert "within 1 pt" in (tmp_path / "table.md").read_text()
+  # A rerun reads the records, trains nothing and reports the same numbers.
+  capsys.readouterr()
+  again = lr_sensitivity.main(argv)
+  assert "training" not in capsys.readouterr().out
+  np.testing.assert_array_equal(again["methods"]["sgd"]["test_error"], base["test_error"])
+  # Runs of other settings in the same --out are refused.
+  with pytest.raises(SystemExit) as exit_info:
+    lr_sensitivity.main(argv + ["--data-dir", str(tmp_path / "elsewhere")])
+  assert exit_info.value.code == 1
+  assert "holds runs of other settings (data_dir)" in capsys.readouterr().err
 
 
-def test_grouping_study_tiny(tmp_path, tiny_protocol, main_run):
-  protocol, dataset = tiny_protocol
-  res = grouping.main(["--seeds", "2", "--iters", "4", "--bases", "sgd", "--no-plots",
-                       "--workers", "1", "--reuse", str(main_run), "--out",
-                       str(tmp_path / "out")], protocol, dataset)
-  assert res["sources"] == {"sgd": str(main_run / "runs"),
-                            "sgd+layer (module)": str(main_run / "runs"),
-                            "sgd+layer (array)": "trained"}
-  # Reused and cut = trained for 4 iterations (same seed, deterministic harness).
-  fresh = lenet_runs.train_runs(protocol, dataset, {"m": ("sgd+layer", None, "module")}, 1, 4)["m"]
-  assert fresh["source"] == "trained" and fresh["eval_iters"] == [2, 4]
-  np.testing.assert_allclose(res["runs"]["sgd+layer (module)"]["test_error"][:1],
-                             fresh["test_error"], atol=1e-6)
+def test_grouping_study_tiny(tmp_path, tiny_protocol):
+  res = grouping.main(TINY + ["--methods", "sgd", "--out", str(tmp_path)])
   runs = res["runs"]
-  assert len(runs["sgd+layer (module)"]["layer_names"]) == 2
-  assert len(runs["sgd+layer (array)"]["layer_names"]) == 4
+  assert runs["sgd+layer (module)"]["layer_names"] == ["fc1", "fc2"]
+  assert runs["sgd+layer (array)"]["layer_names"] == ["fc1/bias", "fc1/kernel", "fc2/bias",
+                                                      "fc2/kernel"]
   for label in ("sgd+layer (module)", "sgd+layer (array)"):
     assert (runs[label]["mean_factor_per_layer"] >= 1).all()
   # A bias alone has a smaller norm than its layer, hence a larger factor.
@@ -214,29 +203,28 @@ def test_grouping_study_tiny(tmp_path, tiny_protocol, main_run):
   mod = dict(zip(runs["sgd+layer (module)"]["layer_names"],
                  runs["sgd+layer (module)"]["mean_factor_per_layer"]))
   assert arr["fc1/bias"] > mod["fc1"]
-  assert set(res["paired"]["sgd"]) == {"base - module", "base - array", "array - module"}
-  # Both reused runs, against the main run's files at iteration 4 (index 1 of 2, 4, 8).
-  np.testing.assert_allclose(res["paired"]["sgd"]["base - module"],
-                             _saved(main_run, "sgd", "test_error")[:, 1]
-                             - _saved(main_run, "sgd+layer", "test_error")[:, 1])
-  assert res["paired"]["sgd"]["array - module"].shape == (2,)
-  table = (tmp_path / "out" / "table.md").read_text()
+  # The array runs' records are their own (under --out/array), the module ones the main's.
+  module, array = (np.array([r["test"][-1] for r in _records(folder, "sgd+layer", 0.01)]) / 100
+                   for folder in (tmp_path, tmp_path / "array"))
+  np.testing.assert_allclose(res["paired"]["sgd"]["array - module"], array - module)
+  table = (tmp_path / "table.md").read_text()
   assert "sgd+layer (array)" in table and "Paired differences" in table
 
 
-def test_reuse_refuses_what_the_main_run_did_not_record(tmp_path, tiny_protocol, main_run):
-  protocol, _ = tiny_protocol
-  shutil.copytree(main_run / "runs", tmp_path / "runs")
-  load = lambda **kw: lenet_runs.load_main_runs(
-      **({"folder": tmp_path, "protocol": protocol, "method": "sgd", "base_lr": None,
-          "layers": "module", "seeds": 2, "iters": 4} | kw))
-  assert load() is not None and load(base_lr=0.01) is not None  # 0.01 is the protocol's
-  assert load(base_lr=0.1) is None  # another learning rate
-  assert load(layers="array") is None  # another grouping
-  assert load(iters=8) is not None  # the whole run
-  assert load(seeds=3) is None  # a missing seed
-  assert load(iters=16) is None  # longer than recorded
-  assert load(iters=3) is None  # 3 was not evaluated
-  assert load(method="nag") is None  # not in the main run
-  (tmp_path / "results.json").write_text(json.dumps({"config": {"layers": "array"}}))
-  assert load() is None
+@pytest.mark.parametrize("folder", ["vanishing", "vanishing/gain4"])
+def test_committed_vanishing_tables_have_the_heading_the_study_writes(folder):
+  results = json.loads((RESULTS / folder / "results.json").read_text())
+  caption, header = vanishing.summary_heading(results["settings"], results["seeds"],
+                                              results["iters"])
+  lines = (RESULTS / folder / "table.md").read_text().splitlines()
+  assert lines[0] == caption and lines[2] == "| " + " | ".join(header) + " |"
+  assert results["command"].startswith("python -m experiments.studies.vanishing")
+
+
+def test_committed_saddle_summary_is_the_code_s_and_in_the_docs():
+  results = json.loads((RESULTS / "saddle" / "results.json").read_text())
+  summary = (RESULTS / "saddle" / "summary.md").read_text()
+  assert summary == saddle.summary_table(results) + "\n"
+  assert results["command"].startswith("python -m experiments.studies.saddle")
+  docs = (ROOT / "docs" / "studies.md").read_text()
+  assert "```{include} ../results/studies/saddle/summary.md\n```" in docs

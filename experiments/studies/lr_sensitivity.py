@@ -3,9 +3,9 @@
 The paper says the layer-specific method is less sensitive to the choice of learning rate.
 Protocol: LeNet on Fashion-MNIST with Caffe's ``lenet_solver`` (batch 64, momentum 0.9,
 weight decay 5e-4, ``inv`` schedule ``lr_k = lr (1 + 1e-4 k)^-0.75``, biases at twice the
-rate), from the harness in ``experiments/``; only the base learning rate ``lr`` changes,
-over a log grid (default 0.001 ... 0.1, the paper's 0.01 in the middle). Every method sees
-the same seeds (initialisation and batch order), so per-seed differences are paired.
+rate; :mod:`.lenet`); only the base learning rate ``lr`` changes, over a log grid (default
+0.001 ... 0.1, the paper's 0.01 in the middle). Every method sees the same seeds
+(initialisation and batch order), so per-seed differences are paired.
 
 With ``f_l = 1 + log(1 + 1/||g_l||)`` (Singh et al. 2015, eq. 9) the +layer method steps
 with ``lr_k * f_l``; the study also records the mean factor, so each +layer point can be
@@ -16,11 +16,9 @@ if it is flatter, it is genuinely less sensitive.
 Sensitivity is summarised per method by the best error over the grid, the mean and worst
 error over the grid, and how many grid points come within 1 percentage point of the best.
 
-Run: ``python -m studies.lr_sensitivity`` (3 seeds x 500 iterations x 5 rates x 2 methods
-in two single-threaded processes, run time in docs/studies.md; the paper's protocol is 10
-seeds x 2,000 iterations). The runs at the protocol's own rate (0.01) are taken from
-``results/fashion_mnist/runs`` when ``python -m examples.reproduce`` has left them there
-(``--no-reuse`` trains them too).
+Run: ``python -m experiments.studies.lr_sensitivity --workers 2 --out
+results/studies/lr_sensitivity`` (3 seeds x 500 iterations x 5 rates x 2 methods; run time
+in docs/studies.md; the paper's protocol is 10 seeds x 2,000 iterations).
 
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep
@@ -33,20 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import cli, report
-from experiments.methods import method_names
-from studies import lenet_runs, options, outputs, stats
+from experiments import cli, report, stats
+from experiments.studies import common, lenet
 
 
-def sweep(protocol, dataset, methods, lrs, seeds, iters, workers=1, reuse=None, log=print):
-  """{method: {lr: harness curves}} over the grid (``layers="module"``)."""
+def sweep(args, methods, lrs, dataset=None, log=print):
+  """{method: {lr: curves}} over the grid (``layers="module"``)."""
   configs = {f"{m} @ {lr:g}": (m, lr, "module") for m in methods for lr in lrs}
-  runs = lenet_runs.train_runs(protocol, dataset, configs, seeds, iters, workers=workers,
-                           reuse=reuse, log=log)
+  runs = lenet.train_configs(configs, args, dataset, log)
   return {m: {lr: runs[f"{m} @ {lr:g}"] for lr in lrs} for m in methods}
 
 
-def analyse(runs, methods, lrs, seeds, iters):
+def analyse(runs, methods, lrs, seeds, iters, dataset="fashion_mnist"):
   out = {"lrs": lrs, "methods": {}}
   rows, rows_sum = [], []
   for m in methods:
@@ -58,36 +54,37 @@ def analyse(runs, methods, lrs, seeds, iters):
                      for lr in lrs])
     best = int(np.argmin(mean))
     within = int(np.sum(mean <= mean[best] + 0.01))
+    layered = "+" in m
     out["methods"][m] = {
         "test_error": err, "mean_factor": factor, "final_train_loss": loss,
-        "effective_lr": np.asarray(lrs) * (factor if m.endswith("+layer") else 1.0),
+        "effective_lr": np.asarray(lrs) * (factor if layered else 1.0),
         "best_lr": lrs[best], "best_error": mean[best], "grid_mean_error": mean.mean(),
         "worst_error": mean.max(), "lrs_within_1pp_of_best": within,
         "eval_iters": runs[m][lrs[0]]["eval_iters"],
         "test_error_curves": np.array([runs[m][lr]["test_error"] for lr in lrs]),
     }
-    _, sd = report.mean_std(err, axis=1)
+    _, sd = stats.mean_std(err, axis=1)
     rows.append([m] + [f"{100 * a:.2f} ± {100 * b:.2f}" for a, b in zip(mean, sd)])
     rows_sum.append([m, f"{lrs[best]:g}", f"{100 * mean[best]:.2f}",
                      f"{100 * mean.mean():.2f}", f"{100 * mean.max():.2f}",
                      f"{within}/{len(lrs)}",
-                     ", ".join(stats.fmt(f, 3) for f in factor)
-                     if m.endswith("+layer") else "1"])
-  pairs = [(b, b + "+layer") for b in ("sgd", "nag") if b in methods and b + "+layer" in methods]
+                     ", ".join(stats.number(f, 3, "-") for f in factor) if layered else "1"])
+  pairs = [(m.partition("+")[0], m) for m in methods
+           if "+" in m and m.partition("+")[0] in methods]
   out["paired"] = {}
   for b, lay in pairs:
     d = out["methods"][b]["test_error"] - out["methods"][lay]["test_error"]
     out["paired"][lay] = d
     rows.append([f"{b} - {lay} (paired)"] + [
-        f"{100 * a:+.2f} ± {100 * b:.2f}" for a, b in zip(*report.mean_std(d, axis=1))])
+        f"{100 * a:+.2f} ± {100 * b:.2f}" for a, b in zip(*stats.mean_std(d, axis=1))])
   table = "\n\n".join([
-      f"LeNet, Fashion-MNIST, Caffe lenet_solver ('inv' schedule, momentum 0.9, wd 5e-4); "
-      f"test error (%) after {iters} iterations, mean ± std over {seeds} seeds.",
-      stats.md_table(["method"] + [f"lr {x:g}" for x in lrs], rows),
+      f"LeNet, {common.dataset_title(dataset)}, Caffe lenet_solver ('inv' schedule, momentum "
+      f"0.9, wd 5e-4); test error (%) after {iters} iterations, mean ± std over {seeds} seeds.",
+      stats.markdown_table(["method"] + [f"lr {x:g}" for x in lrs], rows),
       "Sensitivity: best lr, error there, mean and worst error over the grid (%), grid "
       "points within 1 point of the best, mean factor at each lr:",
-      stats.md_table(["method", "best lr", "best", "grid mean", "worst", "within 1 pt",
-                       "mean factor"], rows_sum),
+      stats.markdown_table(["method", "best lr", "best", "grid mean", "worst", "within 1 pt",
+                            "mean factor"], rows_sum),
   ])
   return out, table
 
@@ -98,8 +95,8 @@ def plot(out_dir: Path, methods, lrs, results):
   for m in methods:
     r = results["methods"][m]
     err = 100 * np.asarray(r["test_error"])
-    _, sd = report.mean_std(err, axis=1)
-    ls = "-" if m.endswith("+layer") else "--"
+    _, sd = stats.mean_std(err, axis=1)
+    ls = "-" if "+" in m else "--"
     axes[0].errorbar(lrs, err.mean(1), yerr=sd, marker="o", capsize=3, ls=ls, label=m)
     axes[1].errorbar(r["effective_lr"], err.mean(1), yerr=sd, marker="o", capsize=3, ls=ls,
                      label=m)
@@ -114,23 +111,22 @@ def plot(out_dir: Path, methods, lrs, results):
 
 
 @cli.reports_errors
-def main(argv=None, protocol=None, dataset=None):
-  parser = options.lenet_parser(__doc__, seeds=3, iters=500, name="lr_sensitivity")
-  parser.add_argument("--lrs", type=cli.floats, default=[0.001, 0.003, 0.01, 0.03, 0.1])
-  parser.add_argument("--methods", default="sgd,sgd+layer", type=method_names())
+def main(argv=None, dataset=None):
+  parser = common.parser(__doc__, "lr_sensitivity", seeds=3, iters=500,
+                         methods_="sgd,sgd+layer", images=True)
+  parser.add_argument("--lrs", type=common.rates, default=[0.001, 0.003, 0.01, 0.03, 0.1],
+                      help="base learning rates")
   args = parser.parse_args(argv)
-  methods = args.methods
-  cli.writable_folder(args.out)
-  elapsed = outputs.timer()
-  protocol = protocol or lenet_runs.PROTOCOL
-  runs = sweep(protocol, dataset, methods, args.lrs, args.seeds, args.iters, args.workers,
-               args.reuse)
-  results, table = analyse(runs, methods, args.lrs, args.seeds, args.iters)
-  results.update(seeds=args.seeds, iters=args.iters, protocol=protocol.name,
-                 sources={f"{m} @ {lr:g}": runs[m][lr]["source"] for m in methods
-                          for lr in args.lrs})
-  outputs.finish("lr_sensitivity", args, argv, results, table, elapsed,
-                lambda: plot(args.out, methods, args.lrs, results))
+  methods, lrs = args.methods, args.lrs
+  common.claim(args.out, {"study": "lr_sensitivity", "dataset": args.dataset,
+                          "data_dir": args.data_dir, "protocol": lenet.PROTOCOL.name})
+  elapsed = common.timer()
+  runs = sweep(args, methods, lrs, dataset)
+  results, table = analyse(runs, methods, lrs, args.seeds, args.iters, args.dataset)
+  results.update(seeds=args.seeds, iters=args.iters, protocol=lenet.PROTOCOL.name,
+                 dataset=args.dataset)
+  common.finish("lr_sensitivity", args, argv, results, table, elapsed,
+                lambda: plot(args.out, methods, lrs, results))
   return results
 
 

@@ -7,16 +7,13 @@ array, Caffe's per-blob granularity (8 arrays). A bias's gradient is much smalle
 kernel's, so under ``"array"`` the biases get larger factors than the kernels.
 
 Protocol: the paper's Table I (MNIST LeNet, Caffe ``lenet_solver``; here on
-Fashion-MNIST): SGD, NAG and AdaGrad, each alone and with the factor under both
-groupings, from the harness in ``experiments/``. Same seeds for every method (paired);
-test error at the protocol's evaluation points up to ``--iters``.
+Fashion-MNIST, :mod:`.lenet`): each base method of ``--methods`` (default SGD, NAG and
+AdaGrad) alone and with the factor under both groupings. Same seeds for every method
+(paired); test error at the protocol's evaluation points up to ``--iters``.
 
-Run: ``python -m studies.grouping`` (3 seeds x 2,000 iterations, the paper's length; run
-times in docs/studies.md). The base methods and their ``"module"`` versions are read from
-the main comparison's runs in ``results/fashion_mnist/runs`` (``python -m
-examples.reproduce``, same seeds and protocol) when they are there, so only the three
-``"array"`` runs are trained (18,000 LeNet steps). Without those runs (or with
-``--no-reuse``) all nine are trained.
+Run: ``python -m experiments.studies.grouping --out results/studies/grouping`` (3 seeds x
+2,000 iterations, the paper's length: 9 configurations, 54,000 LeNet steps; run times in
+docs/studies.md).
 
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep
@@ -29,22 +26,20 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import cli, report
-from experiments.methods import method_names
-from studies import lenet_runs, options, outputs, stats
+from experiments import cli, methods, report, stats
+from experiments.studies import common, lenet
 
 GROUPINGS = ("module", "array")
 
 
-def run_all(protocol, dataset, bases, seeds, iters, workers=1, reuse=None, log=print):
-  """{label: harness curves} for each base method, alone and +layer under each grouping."""
+def run_all(args, bases, dataset=None, log=print):
+  """{label: curves} for each base method, alone and +layer under each grouping."""
   configs = {}
   for b in bases:
     configs[b] = (b, None, "module")
     for g in GROUPINGS:
       configs[f"{b}+layer ({g})"] = (b + "+layer", None, g)
-  runs = lenet_runs.train_runs(protocol, dataset, configs, seeds, iters, workers=workers,
-                           reuse=reuse, log=log)
+  runs = lenet.train_configs(configs, args, dataset, log)
   for label, (method, _, layers) in configs.items():
     runs[label]["grouping"] = layers if method.endswith("+layer") else None
   return runs
@@ -52,11 +47,11 @@ def run_all(protocol, dataset, bases, seeds, iters, workers=1, reuse=None, log=p
 
 def _pm(x, sign: str = "") -> str:
   """'mean ± std' over seeds, in percentage points."""
-  mean, sd = report.mean_std(x)
+  mean, sd = stats.mean_std(x)
   return f"{100 * mean:{sign}.2f} ± {100 * sd:.2f}"
 
 
-def analyse(runs, bases, seeds, iters):
+def analyse(runs, bases, seeds, iters, dataset="fashion_mnist"):
   first = next(iter(runs.values()))
   evals = list(first["eval_iters"])
   out = {"eval_iters": evals, "runs": {}, "paired": {}}
@@ -70,7 +65,8 @@ def analyse(runs, bases, seeds, iters):
     rows.append([label] + [_pm(err[:, i]) for i in range(len(evals))])
     if r["grouping"]:
       rows_f.append([label, ", ".join(
-          f"{n}: {stats.fmt(f, 3)}" for n, f in zip(r["layer_names"], r["factor"].mean((0, 1))))])
+          f"{n}: {stats.number(f, 3, '-')}"
+          for n, f in zip(r["layer_names"], r["factor"].mean((0, 1))))])
   rows_p = []
   for b in bases:
     base = runs[b]["test_error"][:, -1]
@@ -80,19 +76,19 @@ def analyse(runs, bases, seeds, iters):
     rows_p.append([b] + [f"{_pm(x, '+')} ({int(np.sum(x > 0))}/{len(x)} seeds > 0)"
                          for x in d.values()])
   table = "\n\n".join([
-      f"LeNet, Fashion-MNIST, Table I protocol (Caffe lenet_solver); test error (%), mean ± "
-      f"std over {seeds} seeds, at the evaluation iterations up to {iters}.",
-      stats.md_table(["method"] + [f"iter {k}" for k in evals], rows),
+      f"LeNet, {common.dataset_title(dataset)}, Table I protocol (Caffe lenet_solver); test "
+      f"error (%), mean ± std over {seeds} seeds, at the evaluation iterations up to {iters}.",
+      stats.markdown_table(["method"] + [f"iter {k}" for k in evals], rows),
       f"Paired differences at iteration {evals[-1]} (percentage points; > 0: the second "
       "named has lower error):",
-      stats.md_table(["base", "base - module", "base - array", "array - module"], rows_p),
+      stats.markdown_table(["base", "base - module", "base - array", "array - module"], rows_p),
       "Mean factor per layer (seeds and iterations):",
-      stats.md_table(["method", "factors"], rows_f),
+      stats.markdown_table(["method", "factors"], rows_f),
   ])
   return out, table
 
 
-def plot(out_dir: Path, runs, bases, results):
+def plot(out_dir: Path, runs, results):
   plt = report.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
   labels = list(runs)
@@ -102,9 +98,9 @@ def plot(out_dir: Path, runs, bases, results):
     axes[0].bar(i, err.mean(), color=color, alpha=0.35 + 0.3 * (i % 3 > 0))
     axes[0].plot(np.full(len(err), i), err, "k.", ms=4)
   axes[0].set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=8)
-  lo = min(100 * np.asarray(r["test_error"])[:, -1].min() for r in results["runs"].values())
+  low = min(100 * np.asarray(r["test_error"])[:, -1].min() for r in results["runs"].values())
   axes[0].set(ylabel=f"test error % at iteration {results['eval_iters'][-1]}",
-              ylim=(max(0, lo - 2), None), title="bars: mean; dots: seeds")
+              ylim=(max(0, low - 2), None), title="bars: mean; dots: seeds")
   for label in labels:
     r = results["runs"][label]
     if r["grouping"] is None:
@@ -123,23 +119,23 @@ def plot(out_dir: Path, runs, bases, results):
 
 
 @cli.reports_errors
-def main(argv=None, protocol=None, dataset=None):
-  parser = options.lenet_parser(__doc__, seeds=3, iters=2000, name="grouping")
-  parser.add_argument("--bases", default="sgd,nag,adagrad", type=method_names(),
-                      help="base methods")
+def main(argv=None, dataset=None):
+  parser = common.parser(__doc__, "grouping", seeds=3, iters=2000, methods_="sgd,nag,adagrad",
+                         images=True)
   args = parser.parse_args(argv)
-  bases = args.bases
-  if any(b.endswith("+layer") for b in bases):
-    parser.error("--bases takes base methods (sgd, nag, adagrad, adam), without +layer")
-  cli.writable_folder(args.out)
-  elapsed = outputs.timer()
-  protocol = protocol or lenet_runs.PROTOCOL
-  runs = run_all(protocol, dataset, bases, args.seeds, args.iters, args.workers, args.reuse)
-  results, table = analyse(runs, bases, args.seeds, args.iters)
-  results.update(seeds=args.seeds, iters=args.iters, protocol=protocol.name,
-                 sources={label: r["source"] for label, r in runs.items()})
-  outputs.finish("grouping", args, argv, results, table, elapsed,
-                lambda: plot(args.out, runs, bases, results))
+  bases = args.methods
+  if any(b not in methods.BASES for b in bases):
+    parser.error("--methods takes base methods here (each runs alone and +layer under both "
+                 f"groupings): {', '.join(methods.BASES)}")
+  common.claim(args.out, {"study": "grouping", "dataset": args.dataset,
+                          "data_dir": args.data_dir, "protocol": lenet.PROTOCOL.name})
+  elapsed = common.timer()
+  runs = run_all(args, bases, dataset)
+  results, table = analyse(runs, bases, args.seeds, args.iters, args.dataset)
+  results.update(seeds=args.seeds, iters=args.iters, protocol=lenet.PROTOCOL.name,
+                 dataset=args.dataset)
+  common.finish("grouping", args, argv, results, table, elapsed,
+                lambda: plot(args.out, runs, results))
   return results
 
 
