@@ -320,7 +320,7 @@ def run(workload: Workload, out: Path, workers: int = 2, log: Callable[[str], No
   w = workload
   full = _Runs(w, out, w.iters, workers, log)
   starts = {m: w.lattice_k(lr) for m, lr in w.methods.items()}
-  coarse = None
+  coarse, coarse_spans = None, {}
   if w.coarse_iters:
     coarse = _Runs(w, out / "coarse", w.coarse_iters, workers, log)
     half = w.coarse_points // 2 * w.coarse_step
