@@ -71,12 +71,14 @@ def parser(doc: str, name: str, *, seeds: int, iters: int, methods_: str,
   return out
 
 
-def image_loader(args: argparse.Namespace) -> Callable[[], data.ImageData]:
-  """The study's images (``x / 256``, no validation split) as a picklable loader, after
+def images(args: argparse.Namespace, dataset: Any = None) -> tuple[Callable[[], Any], Any]:
+  """The study's images (``x / 256``, no validation split): a picklable loader (for worker
+  processes) and the images, loaded here (unless given) before any work starts, after
   ``--download`` has fetched what is missing."""
   if args.download:
     data.load_dataset(args.dataset, args.data_dir, True)
-  return functools.partial(data.load_held_out, args.dataset, args.data_dir, None, 0)
+  load = functools.partial(data.load_held_out, args.dataset, args.data_dir, None, 0)
+  return load, load() if dataset is None else dataset
 
 
 def dataset_title(name: str) -> str:

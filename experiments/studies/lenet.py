@@ -33,9 +33,7 @@ def train_configs(configs_: dict[str, tuple[str, float | None, Any]], args: argp
   (:func:`.common.run_all`; the runs of a grouping other than ``"module"`` under
   ``--out/LAYERS``): :func:`experiments.paper.curves` stacked over seeds, with ``method``,
   ``eval_iters`` and ``layer_names``."""
-  load = common.image_loader(args)
-  if dataset is None and args.workers == 1:
-    dataset = load()
+  load, dataset = common.images(args, dataset)
   tasks = {key: [records.RunTask(method, paper.base_lr(PROTOCOL, method) if lr is None else lr,
                                  seed, args.iters) for seed in range(args.seeds)]
            for key, (method, lr, _) in configs_.items()}

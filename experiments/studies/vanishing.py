@@ -231,13 +231,14 @@ def main(argv=None, dataset=None):
   common.claim(args.out, {"study": "vanishing", "dataset": args.dataset,
                           "data_dir": args.data_dir, **settings})
   elapsed = common.timer()
+  load, dataset = common.images(args, dataset)
   base, other = args.methods
   configs = {f"{m} @ {lr:g}": (m, lr) for m, lr in
              [(base, args.lr), (other, args.lr), *((base, lr) for lr in args.baseline_lrs)]}
   tasks = {label: [records.RunTask(m, lr, seed, args.iters) for seed in range(args.seeds)]
            for label, (m, lr) in configs.items()}
   done = common.run_all(make_setup(settings, args.iters), [t for ts in tasks.values() for t in ts],
-                        args.out, common.image_loader(args), args.workers, dataset)
+                        args.out, load, args.workers, dataset)
   names = layer_names(settings)
   runs = {label: curves([done[t] for t in ts], names) for label, ts in tasks.items()}
   results, table = analyse(settings, runs, args.seeds, args.iters)
