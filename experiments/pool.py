@@ -6,17 +6,22 @@ their runs through :func:`run_tasks`: with one worker in the calling process, ot
 (two such processes on two cores train LeNet faster than one process using both, see the
 README). The XLA flag is set in each worker before its first computation, never in the calling
 process. Workers report progress (iterations done) through a queue; results come back as tasks
-finish, in any order.
+finish, in any order. :func:`run_records` is the pool of engine runs with run records: what is
+recorded under ``--out`` is read, the rest is trained and recorded as it finishes.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import multiprocessing
 import os
 import queue as queue_lib
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
+
+from experiments import engine, records
 
 # XLA:CPU without its intra-op thread pool (one core per worker process).
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
@@ -77,3 +82,25 @@ def _drain(progress_queue, progress: Callable[[int], None]) -> None:
       progress(progress_queue.get_nowait())
     except queue_lib.Empty:
       return
+
+
+def run_records(train: Callable, tasks: Iterable[records.RunTask], out: Path, workers: int,
+                load_dataset: Callable[[], Any], dataset: Any = None,
+                on_record: Callable[[records.RunTask, dict], None] = lambda task, record: None,
+                progress: Callable[[int], None] = lambda n: None
+                ) -> dict[records.RunTask, dict]:
+  """The run record of every task (:mod:`experiments.records`): read from ``out/runs``, or
+  trained by ``train`` (:func:`experiments.engine.train` bound to a setup; resuming from the
+  task's checkpoint there) in ``workers`` processes and written there as each finishes
+  (``on_record`` is called then). Arguments as :func:`run_tasks`."""
+  done = {task: records.read_record(records.record_path(out, task), task)
+          for task in dict.fromkeys(tasks)}
+
+  def store(task: records.RunTask, record: dict) -> None:
+    done[task] = records.write_record(out, task, record)
+    on_record(task, done[task])
+
+  run_tasks(functools.partial(engine.train_resuming, train=train, out=out),
+            [task for task, record in done.items() if record is None], workers, load_dataset,
+            dataset, store, progress)
+  return done

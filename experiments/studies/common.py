@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from experiments import cli, data, engine, files, methods, pool, records
+from experiments import cli, data, engine, files, methods, paper, pool, records
 
 
 def rates(text: str) -> list[float]:
@@ -40,10 +40,6 @@ def constant_lr(method: str, lr: Any, iters: int, params: Any) -> methods.Optimi
   momentum, no weight decay."""
   del iters, params
   return methods.build(method, methods.Recipe(lr))
-
-
-def image_datasets() -> list[str]:
-  return [name for name, source in data.DATASETS.items() if source.kind == "images"]
 
 
 def parser(doc: str, name: str, *, seeds: int, iters: int, methods_: str,
@@ -65,7 +61,7 @@ def parser(doc: str, name: str, *, seeds: int, iters: int, methods_: str,
                    help="output folder (run records, results.json, table.md, figures)")
   out.add_argument("--no-plots", action="store_true")
   if images:
-    out.add_argument("--dataset", default="fashion_mnist", choices=image_datasets())
+    out.add_argument("--dataset", default="fashion_mnist", choices=paper.image_datasets())
     out.add_argument("--data-dir", default=None, help="default: the dataset's usual folder")
     out.add_argument("--download", action="store_true", help="fetch missing public files")
   return out
@@ -109,23 +105,18 @@ def claim(out: Path, settings: dict) -> Path:
 def run_all(setup: engine.Setup, tasks: Iterable[records.RunTask], out: Path,
             load: Callable[[], Any], workers: int = 1, dataset: Any = None,
             log: Callable[[str], None] = print) -> dict[records.RunTask, dict]:
-  """The run record of every task: read from ``out/runs``, or trained on the engine
-  (``workers`` processes, each loading its data with ``load``; here on ``dataset``, or
-  ``load()``, with one worker) and written there as each finishes."""
-  done = {task: records.read_record(records.record_path(out, task), task)
-          for task in dict.fromkeys(tasks)}
-  missing = [task for task, record in done.items() if record is None]
+  """The run record of every task (:func:`experiments.pool.run_records` of ``setup``'s
+  engine runs), logging what is trained."""
+  tasks = list(dict.fromkeys(tasks))
+  missing = [t for t in tasks if not records.record_path(out, t).exists()]
   if missing:
     log(f"{out}: training {len(missing)} run{'s' * (len(missing) != 1)}")
 
-  def store(task: records.RunTask, record: dict) -> None:
-    done[task] = records.write_record(out, task, record)
+  def report(task: records.RunTask, record: dict) -> None:
     log(f"{task.method} lr {task.lr:g} seed {task.seed}: {record['wall_s']:.0f} s")
 
-  train = functools.partial(engine.train, setup=setup)
-  pool.run_tasks(functools.partial(engine.train_resuming, train=train, out=out), missing,
-                 workers, load, dataset, store)
-  return done
+  return pool.run_records(functools.partial(engine.train, setup=setup), tasks, out, workers,
+                          load, dataset, report)
 
 
 def timer() -> Callable[[], float]:
