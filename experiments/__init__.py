@@ -10,8 +10,8 @@ schema), :mod:`~experiments.files` (atomic writes). Statistics and reports:
 
 Front-ends: :mod:`~experiments.tuned` (tuned comparisons, protocol in
 :mod:`~experiments.tuning`), :mod:`~experiments.verdict`, :mod:`~experiments.paper` (the
-paper's Caffe protocols, :mod:`~experiments.configs`). :mod:`~experiments.train` keeps the
-older per-seed loop that the studies and the mesh example still use.
+paper's Caffe protocols, :mod:`~experiments.configs`). :mod:`~experiments.train` gives the
+per-seed step as pure functions for the device-mesh example.
 
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep

@@ -9,8 +9,9 @@ scored: :class:`Images` (classification: a fresh permutation of the training ima
 epoch, cross-entropy in nats, error in percent) or :class:`Windows` (next-token prediction:
 windows of ``context + 1`` tokens at uniformly drawn offsets, cross-entropy and score in bits
 per token over fixed, evenly spaced windows). Seed ``s`` fixes the initial variables
-(``jax.random.key(s)``) and the minibatch order, and nothing else does, so runs of
-different methods with the same seed are paired.
+(``jax.random.key(s)``), the minibatch order and the dropout keys (``fold_in(fold_in(key(s),
+1), k)`` at step ``k``, for models with dropout), and nothing else does, so runs of different
+methods with the same seed are paired.
 
 **Step.** One jitted step, compiled once per (setup, method, iterations): it gathers its
 minibatch on device, updates the parameters and, where the model has batch normalisation,
@@ -244,6 +245,7 @@ class Carry(NamedTuple):
   losses: jax.Array  # (iters,) training loss per iteration
   norms: jax.Array  # (len(factor_iters) + 1, factors); the last row takes the unrecorded
   factors: jax.Array  # as norms
+  dropout: jax.Array  # the key data of the dropout key; step k uses fold_in(key, k)
 
 
 class Compiled(NamedTuple):
@@ -283,8 +285,9 @@ def compile_run(setup: Setup, method: str, iters: int, example: jax.ShapeDtypeSt
     x, y = kind.batch_at(train, order[k])
 
     def loss_fn(params):
+      rngs = {"dropout": jax.random.fold_in(jax.random.wrap_key_data(carry.dropout), k)}
       out, new_state = model.apply({"params": params, **carry.model_state}, x, train=True,
-                                   mutable=list(carry.model_state))
+                                   mutable=list(carry.model_state), rngs=rngs)
       return kind.loss(out, y), new_state
 
     (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(carry.params)
@@ -292,7 +295,7 @@ def compile_run(setup: Setup, method: str, iters: int, example: jax.ShapeDtypeSt
     norm, factor = _layer_stats(setup, opt, grads, carry.params, opt_state)
     return Carry(optax.apply_updates(carry.params, updates), dict(new_state), opt_state,
                  carry.losses.at[k].set(loss), carry.norms.at[slot[k]].set(norm),
-                 carry.factors.at[slot[k]].set(factor))
+                 carry.factors.at[slot[k]].set(factor), carry.dropout)
 
   def score(variables, split):
     return kind.score(lambda x: model.apply(variables, x, train=False), split)
@@ -330,8 +333,9 @@ def start(setup: Setup, run: Compiled, dataset, task: records.RunTask) -> tuple:
   params = variables.pop("params")
   opt = setup.optimizer(task.method, task.lr, task.iters, params)
   shape = (len(recorded) + 1, len(run.names))
+  dropout = jax.random.key_data(jax.random.fold_in(jax.random.key(task.seed), 1))
   carry = Carry(params, variables, opt.tx.init(params), jnp.zeros(task.iters),
-                jnp.full(shape, jnp.nan), jnp.full(shape, jnp.nan))
+                jnp.full(shape, jnp.nan), jnp.full(shape, jnp.nan), dropout)
   order = setup.data.order(dataset, task.seed, task.iters)
   return carry, jnp.asarray(order), jnp.asarray(slot)
 

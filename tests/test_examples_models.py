@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import configs, data, models, train
+from experiments import configs, data, engine, methods, models
+from experiments.records import RunTask
 
 
 @pytest.mark.parametrize("name, count, out", [
@@ -110,10 +111,12 @@ def _generated(shape, n_train, n_test, classes, seed=0):
     # full 227x227 model is checked above through shapes.
     ("alexnet", (67, 67, 3), "nag+layer", {"fc_width": 64})])
 def test_few_training_steps_on_generated_data(protocol, shape, method, kwargs):
-  ds = _generated(shape, 16, 8, 10)
-  runner = train.Runner(configs.PROTOCOLS[protocol], method, ds, 3, batch_size=4,
-                        model_kwargs=kwargs)
-  r = runner.run(0)
-  assert r["done"] == 3 and np.all(np.isfinite(r["train_loss"]))
-  assert 0 <= r["test_error"][-1] <= 1
-  assert np.all(r["factor"] >= 1)
+  dataset = data.held_out(_generated(shape, 16, 8, 10), 0, mean_image=True)
+  model = models.MODELS[configs.PROTOCOLS[protocol].model](num_classes=10, **kwargs)
+  setup = engine.Setup(model, engine.Images(4, eval_chunk=8),
+                       methods.CaffeOptimizer(protocol, model, keep_stats=True), (3,),
+                       factor_points=3, keep_losses=True)
+  r = engine.train(dataset, RunTask(method, 1e-3, 0, 3), setup=setup)
+  assert np.all(np.isfinite(r["losses"]))
+  assert 0 <= r["test"][-1] <= 100
+  assert np.all(np.array(list(r["factors"].values())) >= 1)

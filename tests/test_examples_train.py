@@ -11,7 +11,8 @@ import optax
 import pytest
 
 import layerwise_optax as lo
-from experiments import configs, engine, methods, models, paper, train
+from experiments import configs, data, engine, methods, models, paper, train
+from experiments.records import RunTask
 from tests.generated_data import learnable_dataset, write_idx_folder
 from tests.reference import layer_factor
 
@@ -66,15 +67,34 @@ def tiny():
   return learnable_dataset()
 
 
-def test_smoke_every_method(tiny):
+@pytest.fixture(scope="module")
+def images(tiny):
+  """``tiny`` as the engine reads it: preprocessed, no validation split."""
+  return data.held_out(tiny, 0)
+
+
+def lenet_setup(iters: int, eval_points: tuple[int, ...] = (20,)) -> engine.Setup:
+  """The paper's MNIST protocol on the engine (as python -m experiments.paper builds it) at
+  batch 8, every iteration's factors and losses kept."""
+  model = models.LeNet()
+  return engine.Setup(model, engine.Images(8, eval_chunk=20),
+                      methods.CaffeOptimizer("mnist", model, keep_stats=True), eval_points,
+                      factor_points=iters, keep_losses=True)
+
+
+def run(dataset, method: str, seed: int, iters: int = 20, **options) -> dict:
+  task = RunTask(method, paper.base_lr(configs.MNIST, method), seed, iters)
+  return engine.train(dataset, task, setup=lenet_setup(iters), **options)
+
+
+def test_smoke_every_method(images):
   """20 iterations of all eight methods: finite, learning, factors recorded."""
   for method in ALL:
-    runner = train.Runner(configs.MNIST, method, tiny, 20, batch_size=8)
-    r = runner.run(0)
-    assert r["done"] == 20 and r["test_error"].shape == (1,), method
+    task = RunTask(method, paper.base_lr(configs.MNIST, method), 0, 20)
+    r = paper.curves(configs.MNIST, task, run(images, method, 0))
+    assert r["test_error"].shape == (1,), method
     assert np.all(np.isfinite(r["train_loss"])), method
     assert r["train_loss"][-5:].mean() < r["train_loss"][:5].mean(), method
-    assert runner.setup.layer_names == ("conv1", "conv2", "ip1", "ip2")
     assert r["factor"].shape == (20, 4) and np.all(r["factor"] > 1), method
     lr = methods.schedule_fn(configs.MNIST.solvers[method.split("+")[0]].base_lr,
                              configs.MNIST.solvers[method.split("+")[0]].schedule)(19)
@@ -82,23 +102,16 @@ def test_smoke_every_method(tiny):
     np.testing.assert_allclose(r["effective_lr"][19], expect, rtol=1e-6)
 
 
-def test_resume_is_bit_identical_and_deterministic(tiny, tmp_path):
-  runner = train.Runner(configs.MNIST, "nag+layer", tiny, 20, batch_size=8, eval_iters=(10,))
-  whole = runner.run(3)
-  again = runner.run(3)
+def test_resume_is_bit_identical_and_deterministic(images, tmp_path):
+  whole, again = run(images, "nag+layer", 3), run(images, "nag+layer", 3)
   ckpt = tmp_path / "ckpt.npz"
-  part = runner.run(3, ckpt, checkpoint_every=5, stop_after=12)
-  assert part["done"] == 12 and ckpt.exists()
-  resumed = train.Runner(configs.MNIST, "nag+layer", tiny, 20, batch_size=8,
-                         eval_iters=(10,)).run(3, ckpt)
-  assert resumed["done"] == 20
+  assert run(images, "nag+layer", 3, checkpoint=ckpt, checkpoint_every=5, stop_after=12) is None
+  assert ckpt.exists()
+  resumed = run(images, "nag+layer", 3, checkpoint=ckpt)
   for other in (again, resumed):
-    for key in ("test_error", "train_loss", "grad_norm", "factor"):
-      np.testing.assert_array_equal(other[key], whole[key])
-    for a, b in zip(jax.tree.leaves(other["params"]), jax.tree.leaves(whole["params"])):
-      np.testing.assert_array_equal(a, b)
-  other_seed = runner.run(4)
-  assert not np.array_equal(other_seed["train_loss"], whole["train_loss"])
+    for key in ("test", "losses", "norms", "factors"):
+      assert other[key] == whole[key], key
+  assert run(images, "nag+layer", 4)["losses"] != whole["losses"]
 
 
 def sgd_decay(setup):
@@ -152,12 +165,17 @@ def test_recorder_reads_kept_stats_in_layer_order(tiny):
   np.testing.assert_array_equal(factor, 10 + np.arange(len(names)))
 
 
-def test_paired_seeds_share_init_and_batches(tiny):
-  a = train.Runner(configs.MNIST, "sgd", tiny, 1, batch_size=8)
-  b = train.Runner(configs.MNIST, "adagrad+layer", tiny, 1, batch_size=8)
-  sa, sb = a.init(5), b.init(5)
-  np.testing.assert_array_equal(sa.order, sb.order)
-  for x, y in zip(jax.tree.leaves(sa.seed.params), jax.tree.leaves(sb.seed.params)):
+def test_paired_seeds_share_init_and_batches(images):
+  dataset = images
+  starts = []
+  for method in ("sgd", "adagrad+layer"):
+    setup = lenet_setup(1)
+    compiled = engine.compile_run(setup, method, 1, setup.data.example(dataset))
+    starts.append(engine.start(setup, compiled, dataset, RunTask(method, 0.01, 5, 1)))
+  (a, order_a, _), (b, order_b, _) = starts
+  np.testing.assert_array_equal(order_a, order_b)
+  np.testing.assert_array_equal(a.dropout, b.dropout)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_array_equal(x, y)
   order = train.make_order(5, 64, 20, 8)  # 160 draws: every epoch is a permutation
   assert sorted(order.ravel()[:64]) == list(range(64))
