@@ -107,14 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--quick", action="store_true", help="tiny trees, few repetitions")
   parser.add_argument("--reps", type=cli.positive_int, default=None,
                       help="most repetitions per tree (default 41; quick 5)")
-  parser.add_argument("--budget", type=float, default=None,
+  parser.add_argument("--budget", type=cli.nonnegative_float, default=None,
                       help="seconds of timing per tree (default 20; quick 1)")
   args = parser.parse_args(argv)
   for name, value in DEFAULTS[args.quick].items():
     if getattr(args, name) is None:
       setattr(args, name, value)
-  if args.budget < 0:
-    parser.error(f"--budget {args.budget} must be at least 0")
   known = trees_lib.trees(args.quick)
   default = list(known) if args.quick else list(LARGE_TREES)
   args.trees = default if args.trees is None else [t for t in args.trees.split(",") if t]

@@ -187,7 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--quick", action="store_true", help="tiny trees, few repetitions")
   parser.add_argument("--reps", type=cli.positive_int, default=None,
                       help="most repetitions per tree (default 41; quick 5)")
-  parser.add_argument("--budget", type=float, default=None,
+  parser.add_argument("--budget", type=cli.nonnegative_float, default=None,
                       help="seconds of timing per tree or network (default 25; quick 1)")
   parser.add_argument("--trees", default=None,
                       help="comma-separated subset of tree names ('' for none)")
@@ -202,8 +202,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   args = parser.parse_args(argv)
   args.reps = args.reps or (5 if args.quick else 41)
   args.budget = args.budget if args.budget is not None else (1.0 if args.quick else 25.0)
-  if args.budget < 0:
-    parser.error(f"--budget {args.budget} must be at least 0")
   known = trees_lib.trees(args.quick)
   args.trees = list(known) if args.trees is None else [t for t in args.trees.split(",") if t]
   unknown = [t for t in args.trees if t not in known]

@@ -1,4 +1,9 @@
-"""Quick start: a Flax training loop with layer-specific learning rates (runs in seconds)."""
+"""Quick start: a Flax training loop with layer-specific learning rates (runs in seconds).
+
+Run ``python examples/quickstart.py [--steps N]``.
+"""
+
+import argparse
 
 import flax.linen as nn
 import jax
@@ -16,7 +21,8 @@ class MLP(nn.Module):
     return nn.Dense(10)(x)
 
 
-def main(steps: int = 100) -> float:
+def train(steps: int = 100) -> float:
+  """Trains the MLP for ``steps`` steps; returns the final loss."""
   x = jax.random.normal(jax.random.key(0), (256, 32))
   y = jnp.argmax(x[:, :10], axis=-1)
   model = MLP()
@@ -45,6 +51,24 @@ def main(steps: int = 100) -> float:
           f"{name}: x{f.factor:.2f}" for name, f in factors.items()))
   print(f"final loss {loss:.4f}")
   return float(loss)
+
+
+def steps_count(text: str) -> int:
+  """argparse type: a whole number of at least 1."""
+  if not text.isdigit() or int(text) < 1:
+    raise argparse.ArgumentTypeError(f"{text!r} must be a whole number of at least 1")
+  return int(text)
+
+
+class OneLineErrors(argparse.ArgumentParser):
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def main(argv: list[str] | None = None) -> float:
+  parser = OneLineErrors(prog="python examples/quickstart.py", description=__doc__)
+  parser.add_argument("--steps", type=steps_count, default=100, help="training steps (100)")
+  return train(parser.parse_args(argv).steps)
 
 
 if __name__ == "__main__":

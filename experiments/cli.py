@@ -62,15 +62,27 @@ def positive_ints(text: str) -> tuple[int, ...]:
   return tuple(positive_int(part) for part in text.split(","))
 
 
-def positive_float(text: str) -> float:
-  """argparse type: a finite number above 0."""
+def finite_float(text: str, least: float = 0.0, above: bool = True) -> float:
+  """argparse type: a finite number above ``least`` (or at least ``least`` with
+  ``above=False``)."""
   try:
     value = float(text)
   except ValueError:
     raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-  if not (math.isfinite(value) and value > 0):
-    raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
+  if not (math.isfinite(value) and (value > least if above else value >= least)):
+    bound = f"above {least:g}" if above else f"of at least {least:g}"
+    raise argparse.ArgumentTypeError(f"{text} must be a finite number {bound}")
   return value
+
+
+def positive_float(text: str) -> float:
+  """argparse type: a finite number above 0."""
+  return finite_float(text)
+
+
+def nonnegative_float(text: str) -> float:
+  """argparse type: a finite number of at least 0."""
+  return finite_float(text, above=False)
 
 
 def floats(text: str) -> list[float]:

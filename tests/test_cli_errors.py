@@ -1,5 +1,9 @@
 """Every command answers --help, and bad input with one stderr line and a non-zero exit.
 
+The commands: the experiments' front-ends, the benchmarks, the mesh example and the quick start;
+the bad input: unknown names, numbers out of range (zero, negative, NaN), unwritable outputs,
+missing or damaged data, an offline ``--download``, corrupt run records and checkpoints.
+
 Usage errors exit 2, problems found while running (files, downloads, checkpoints) exit 1;
 never a traceback. The commands' ``main`` functions are called in-process (fast); one
 subprocess checks the ``python -m`` form itself.
@@ -13,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import bench_step
+from benchmarks import bench_stats, bench_step, scale_aot, summary
+from examples import quickstart, train_mesh
 from experiments import data, paper, records, tuned, verdict
 from experiments.studies import grouping, lr_sensitivity, saddle, vanishing
 from tests.generated_data import idx_bytes, write_idx_folder
+from tests.test_downloads import closed_port, set_remote
 
 COMMANDS = {"experiments.paper": paper.main, "experiments.tuned": tuned.main,
             "experiments.verdict": verdict.main, "experiments.studies.saddle": saddle.main,
@@ -87,7 +93,8 @@ def test_python_dash_m_runs_from_the_repository_root():
      "argument --workers: 0 must be at least 1"),
     ("benchmarks.bench_step", ["--reps", "0"], "argument --reps: 0 must be at least 1"),
     ("benchmarks.bench_step", ["--trees", "LeNet,VGG"], "unknown tree or network 'VGG'"),
-    ("benchmarks.bench_step", ["--budget", "-1"], "--budget -1.0 must be at least 0"),
+    ("benchmarks.bench_step", ["--budget", "-1"], "-1 must be a finite number of at least 0"),
+    ("benchmarks.bench_step", ["--budget", "nan"], "nan must be a finite number of at least 0"),
 ])
 def test_usage_errors(module, argv, message, capsys):
   code, err = one_line_error(COMMANDS[module], argv, capsys)
@@ -215,3 +222,133 @@ def test_download_into_an_unwritable_folder(tmp_path, capsys):
   code, err = one_line_error(paper.main, ["--dataset", "mnist", "--download", "--data-dir",
                                           "/proc/x", "--out", str(tmp_path)], capsys)
   assert code == 1 and err.startswith("error: /proc/x: cannot read or write there")
+
+
+MORE_COMMANDS = {"benchmarks.bench_stats": bench_stats.main, "benchmarks.summary": summary.main,
+                 "benchmarks.scale_aot": scale_aot.main, "examples.train_mesh": train_mesh.main,
+                 "examples/quickstart.py": quickstart.main}
+EVERY_COMMAND = {**COMMANDS, **MORE_COMMANDS}
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("experiments.paper", ["--methods", "sgd,foo"]),
+    ("experiments.tuned", ["lenet", "--methods", "foo"]),
+    ("experiments.tuned", ["resnet", "--methods", "foo"]),
+    ("experiments.tuned", ["charlm", "--methods", "foo"]),
+    ("experiments.studies.vanishing", ["--methods", "foo"]),
+    ("experiments.studies.lr_sensitivity", ["--methods", "foo"]),
+    ("experiments.studies.saddle", ["--methods", "foo"]),
+    ("experiments.studies.grouping", ["--methods", "foo"]),
+    ("examples.train_mesh", ["--method", "foo"]),
+    ("benchmarks.scale_aot", ["--methods", "foo"]),
+])
+def test_unknown_method_is_a_usage_error_everywhere(module, argv, capsys):
+  code, err = one_line_error(EVERY_COMMAND[module], argv, capsys)
+  assert code == 2 and "unknown" in err and ("'foo'" in err or " foo;" in err), err
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("examples/quickstart.py", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("examples/quickstart.py", ["--steps", "0"], "'0' must be a whole number of at least 1"),
+    ("examples/quickstart.py", ["--steps", "nan"], "'nan' must be a whole number"),
+    ("examples.train_mesh", ["--iters", "0"], "argument --iters: 0 must be at least 1"),
+    ("examples.train_mesh", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("benchmarks.bench_stats", ["--budget", "nan"], "nan must be a finite number of at least 0"),
+    ("benchmarks.bench_stats", ["--reps", "-2"], "argument --reps: -2 must be at least 1"),
+    ("benchmarks.bench_stats", ["--trees", "VGG"], "unknown tree 'VGG'"),
+    ("benchmarks.scale_aot", ["--devices", "0"], "argument --devices: 0 must be at least 1"),
+    ("benchmarks.scale_aot", ["--sizes", "3Q"], "unknown size, dtype, sharding or method '3Q'"),
+    ("benchmarks.summary", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("experiments.verdict", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("experiments.tuned", ["lenet", "--seeds", "nan"], "'nan' is not an integer"),
+    ("experiments.tuned", ["resnet", "--workers", "-1"], "-1 must be at least 1"),
+    ("experiments.studies.lr_sensitivity", ["--dataset", "imagenet"],
+     "invalid choice: 'imagenet'"),
+])
+def test_usage_errors_of_the_other_commands(module, argv, message, capsys):
+  code, err = one_line_error(EVERY_COMMAND[module], argv, capsys)
+  prog = module if module.endswith(".py") else f"-m {module}"
+  prog = f"python {prog}" + (f" {argv[0]}" if module == "experiments.tuned" else "")
+  assert code == 2 and err.startswith(f"{prog}: error: ") and message in err, err
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("experiments.tuned", ["lenet", "--out", "/proc/x/out"]),
+    ("experiments.verdict", ["--out", "/proc/x/verdict.md"]),
+    ("benchmarks.bench_stats", ["--out", "/proc/x"]),
+    ("benchmarks.summary", ["--out", "/proc/x/summary.md"]),
+    ("benchmarks.scale_aot", ["--out", "/proc/x"]),
+    ("examples.train_mesh", ["--json", "/proc/x/mesh.json"]),
+])
+def test_unwritable_outputs_of_the_other_commands(module, argv, capsys):
+  code, err = one_line_error(EVERY_COMMAND[module], argv, capsys)
+  assert code in (1, 2) and "cannot write" in err and "/proc/x" in err
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("experiments.tuned", ["lenet", "--data-dir", "{none}"]),
+    ("experiments.studies.vanishing", ["--data-dir", "{none}"]),
+    ("experiments.studies.lr_sensitivity", ["--dataset", "mnist", "--data-dir", "{none}"]),
+    ("examples.train_mesh", ["--data-dir", "{none}"]),
+])
+def test_missing_data_of_the_other_commands(module, argv, tmp_path, capsys):
+  none = str(tmp_path / "none")
+  argv = [none if arg == "{none}" else arg for arg in argv]
+  code, err = one_line_error(EVERY_COMMAND[module], argv + ["--out", str(tmp_path / "out")]
+                             if module != "examples.train_mesh" else argv, capsys)
+  assert code == 1 and "not found" in err and none in err
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("experiments.tuned", ["lenet", "--dataset", "mnist"]),
+    ("experiments.studies.vanishing", ["--dataset", "mnist"]),
+    ("experiments.studies.lr_sensitivity", ["--dataset", "mnist"]),
+])
+def test_offline_download_of_the_other_commands(module, argv, tmp_path, monkeypatch, capsys):
+  url = f"http://127.0.0.1:{closed_port()}/"
+  set_remote(monkeypatch, "mnist", {name: remote._replace(url=url + name)
+                                    for name, remote in data.DATASETS["mnist"].remote.items()})
+  code, err = one_line_error(EVERY_COMMAND[module], argv + [
+      "--download", "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "out")], capsys)
+  assert code == 1 and err.startswith(f"error: could not fetch {url}")
+
+
+@pytest.mark.parametrize("content", ["", '{"rows": [', "[1, 2]"])
+def test_summary_of_a_missing_or_truncated_json(tmp_path, capsys, content):
+  path = tmp_path / "cpu.json"
+  if content:
+    path.write_text(content)
+  code, err = one_line_error(summary.main, ["--json", str(path), "--out",
+                                            str(tmp_path / "s.md")], capsys)
+  assert code == 1 and err.startswith(f"error: {'cannot read ' if not content else ''}")
+  assert str(path) in err
+
+
+def test_verdict_without_results(tmp_path, capsys):
+  code, err = one_line_error(verdict.main, ["--results", str(tmp_path / "none")], capsys)
+  assert code == 1 and err.startswith(f"error: no folder {tmp_path / 'none'}")
+
+
+def test_quickstart_bogus_option_as_a_script():
+  root = Path(__file__).resolve().parents[1]
+  done = subprocess.run([sys.executable, "examples/quickstart.py", "--bogus"], cwd=root,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2 and done.stdout == ""
+  assert done.stderr == ("python examples/quickstart.py: error: unrecognized arguments: --bogus "
+                         "(see --help)\n")
+
+
+@pytest.mark.parametrize("kind", ["truncated run", "truncated checkpoint"])
+def test_a_study_names_a_damaged_resume_file(tmp_path, capsys, kind):
+  out = tmp_path / "out"
+  task = records.RunTask("sgd", 0.1, 0, 10)
+  path = (records.record_path if kind == "truncated run" else records.checkpoint_path)(out, task)
+  path.parent.mkdir(parents=True)
+  content = b'{"task": {"method": "sg' if kind == "truncated run" else b"PK\x03\x04\x14\x00"
+  path.write_bytes(content)
+  code, err = one_line_error(saddle.main, [
+      "--methods", "sgd", "--lrs", "0.1", "--base-lr", "0.1", "--init-scales", "0.3",
+      "--seeds", "1", "--iters", "10", "--record-every", "10", "--out", str(out), "--no-plots"],
+      capsys)
+  assert code == 1 and err.startswith(f"error: {path}") and "delete it to" in err
+  assert path.read_bytes() == content

@@ -4,4 +4,4 @@ from examples import quickstart
 
 
 def test_quickstart_trains():
-  assert quickstart.main(steps=100) < 0.5
+  assert quickstart.train(100) < 0.5
