@@ -221,6 +221,16 @@ def test_committed_vanishing_tables_have_the_heading_the_study_writes(folder):
   assert results["command"].startswith("python -m experiments.studies.vanishing")
 
 
+@pytest.mark.parametrize("folder", ["vanishing", "vanishing/gain4", "saddle", "lr_sensitivity"])
+def test_committed_results_come_from_the_studies_on_the_engine(folder):
+  results = json.loads((RESULTS / folder / "results.json").read_text())
+  name = folder.split("/")[0]
+  assert results["command"].startswith(f"python -m experiments.studies.{name} ")
+  assert f"--out results/studies/{folder}" in results["command"]
+  table = (RESULTS / folder / "table.md").read_text()
+  assert table.endswith(f"the runs took {results['train_seconds']:.0f} s in all (cpu).\n")
+
+
 def test_committed_saddle_summary_is_the_code_s_and_in_the_docs():
   results = json.loads((RESULTS / "saddle" / "results.json").read_text())
   summary = (RESULTS / "saddle" / "summary.md").read_text()

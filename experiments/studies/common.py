@@ -126,16 +126,17 @@ def timer() -> Callable[[], float]:
 
 
 def finish(name: str, args: argparse.Namespace, argv: list[str] | None, results: dict,
-           table: str, elapsed: Callable[[], float],
+           table: str, elapsed: Callable[[], float], train_s: float,
            plot: Callable[[], None] | None = None) -> str:
-  """Adds wall time, environment and command to ``results``; writes ``results.json``,
-  ``table.md`` and (unless ``--no-plots``) the figures under ``--out``; prints and returns
-  the table."""
-  results.update(seconds=elapsed(), environment=records.environment(),
+  """Adds the command's wall time, the runs' (``train_s``: the sum of their records'
+  ``wall_s``, whenever they were trained), environment and command to ``results``; writes
+  ``results.json``, ``table.md`` and (unless ``--no-plots``) the figures under ``--out``;
+  prints and returns the table."""
+  results.update(seconds=elapsed(), train_seconds=train_s, environment=records.environment(),
                  command=f"python -m experiments.studies.{name} " + " ".join(
                      sys.argv[1:] if argv is None else argv))
-  table = (f"{table.rstrip()}\n\nWall time: {elapsed():.0f} s "
-           f"({results['environment']['backend']}).\n")
+  table = (f"{table.rstrip()}\n\nWall time: {elapsed():.0f} s; the runs took {train_s:.0f} s "
+           f"in all ({results['environment']['backend']}).\n")
   records.write_json(args.out / "results.json", results)
   files.write_text(args.out / "table.md", table)
   if plot is not None and not args.no_plots:

@@ -135,6 +135,7 @@ def main(argv=None, dataset=None):
   results.update(seeds=args.seeds, iters=args.iters, protocol=lenet.PROTOCOL.name,
                  dataset=args.dataset)
   common.finish("grouping", args, argv, results, table, elapsed,
+                sum(r["wall_s"] for r in runs.values()),
                 lambda: plot(args.out, runs, results))
   return results
 

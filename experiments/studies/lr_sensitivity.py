@@ -47,11 +47,15 @@ def analyse(runs, methods, lrs, seeds, iters, dataset="fashion_mnist"):
   rows, rows_sum = [], []
   for m in methods:
     err = np.array([runs[m][lr]["test_error"][:, -1] for lr in lrs])  # (lr, seed)
-    err = np.where(np.isfinite(err), err, 0.9)  # a NaN run scores as chance
+    diverged = ~np.isfinite(err)  # the engine stopped the run at a non-finite loss
+    err = np.where(diverged, 0.9, err)  # a diverged run scores as chance
     mean = err.mean(1)
-    factor = np.array([runs[m][lr]["factor"].mean() for lr in lrs])
-    loss = np.array([np.nanmean(runs[m][lr]["train_loss"][:, -max(1, iters // 10):])
-                     for lr in lrs])
+    # The mean factor while the runs lasted; the final training loss of those that did not
+    # diverge (NaN if every seed did).
+    factor = np.array([np.nanmean(runs[m][lr]["factor"]) for lr in lrs])
+    loss = np.array([np.nanmean(np.where(d[:, None], np.nan,
+                                         runs[m][lr]["train_loss"][:, -max(1, iters // 10):]))
+                     if not d.all() else np.nan for lr, d in zip(lrs, diverged)])
     best = int(np.argmin(mean))
     within = int(np.sum(mean <= mean[best] + 0.01))
     layered = "+" in m
@@ -126,6 +130,7 @@ def main(argv=None, dataset=None):
   results.update(seeds=args.seeds, iters=args.iters, protocol=lenet.PROTOCOL.name,
                  dataset=args.dataset)
   common.finish("lr_sensitivity", args, argv, results, table, elapsed,
+                sum(r["wall_s"] for by_lr in runs.values() for r in by_lr.values()),
                 lambda: plot(args.out, methods, lrs, results))
   return results
 

@@ -314,6 +314,7 @@ class Runner:
     self.args, self.settings = args, settings
     self.load = functools.partial(data.teacher, settings["width"], settings["rank"])
     self.dataset = self.load() if args.workers == 1 else None
+    self.wall_s: dict = {}  # (folder, task) -> the run's wall time
 
   def measure(self, method: str, lrs: list[float], scale: float) -> tuple[dict, dict]:
     out = self.args.out if scale == self.settings["init_scale"] else (
@@ -323,6 +324,7 @@ class Runner:
     done = common.run_all(make_setup(self.settings, scale), [t for ts in tasks for t in ts],
                           out, self.load, self.args.workers, self.dataset)
     runs = [[done[t] for t in ts] for ts in tasks]
+    self.wall_s.update({(out, task): r["wall_s"] for task, r in done.items()})
     return measure(runs), runs[0][0]
 
 
@@ -371,7 +373,7 @@ def main(argv=None):
                            scale_sweep)
   results.update(settings=settings, seeds=args.seeds, thresholds=THRESHOLDS)
   files.write_text(args.out / "summary.md", summary_table(records.plain(results)) + "\n")
-  common.finish("saddle", args, argv, results, table, elapsed,
+  common.finish("saddle", args, argv, results, table, elapsed, sum(runner.wall_s.values()),
                 lambda: plot(args.out, settings, args.methods, args.lrs, base_lr, sweep,
                              results, first["eval_iters"], first["factor_iters"]))
   return results

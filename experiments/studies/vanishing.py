@@ -245,6 +245,7 @@ def main(argv=None, dataset=None):
   results.update(settings=settings, seeds=args.seeds, iters=args.iters, methods=args.methods,
                  lr=args.lr, baseline_lrs=args.baseline_lrs, dataset=args.dataset)
   common.finish("vanishing", args, argv, results, table, elapsed,
+                sum(r["wall_s"] for r in done.values()),
                 lambda: plot(args.out, settings, results))
   return results, runs
 
