@@ -74,6 +74,20 @@ def test_saddle_runs_are_paired_and_record_eq9():
   assert saddle.first_below(sgd["val"], sgd["eval_iters"], -1.0) == np.inf
 
 
+def test_fused_steps_compute_what_single_steps_compute():
+  settings = {"width": 8, "depth": 3, "rank": 2, "batch": 16, "iters": 60, "record_every": 20,
+              "init_scale": 0.7}
+  fused = saddle.make_setup(settings, 0.7)
+  single = dataclasses.replace(fused, fused=False)
+  task = records.RunTask("nag+layer", 0.03, 2, 60)
+  a, b = (engine.train(data.teacher(8, 2), task, setup=setup) for setup in (fused, single))
+  assert a["eval_iters"] == b["eval_iters"] and a["factor_iters"] == b["factor_iters"]
+  for key in ("val", "test", "train_loss"):
+    np.testing.assert_allclose(a[key], b[key], rtol=1e-6)
+  for name in a["factors"]:
+    np.testing.assert_allclose(a["factors"][name], b["factors"][name], rtol=1e-6)
+
+
 def test_saddle_study_tiny(tmp_path):
   # An easy setting (shallow, large init): every run converges well within the cap.
   argv = ["--seeds", "3", "--iters", "400", "--depth", "3", "--width", "8", "--rank", "2",
