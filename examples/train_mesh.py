@@ -3,7 +3,7 @@ process or several.
 
 Trains the paper's LeNet (``experiments``: Fashion-MNIST, the MNIST protocol, batch 64,
 ``sgd+layer`` by default) with the harness's own training step
-(:func:`experiments.train.make_train_step`) once on one device and once on an N-device
+(:func:`experiments.engine.make_step`) once on one device and once on an N-device
 mesh, from the same initial parameters on the same global batches. The optimizer code is
 the same in both runs: under ``jax.jit`` with sharded arrays every norm is the whole
 layer's, so no ``axis_name`` is needed.
@@ -49,6 +49,7 @@ or ``--data-dir`` (see ``experiments/data.py``); ``--synthetic`` uses random ima
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -63,7 +64,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from examples import mesh_processes
-from experiments import cli, configs, data, files, methods, train
+from experiments import cli, configs, data, engine, files, methods, models, paper, records
 
 PROG = "train_mesh"
 MODULE = "examples.train_mesh"
@@ -167,28 +168,50 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
   return dataset.train_images, dataset.train_labels
 
 
-class Problem(NamedTuple):
-  """One method's run: the harness's setup and initial state, on the host."""
+class TrainState(NamedTuple):
+  """The engine's carry of one run with its iteration count, minibatch table and factor
+  rows (:func:`experiments.engine.start`)."""
 
-  setup: train.Setup
-  state: train.TrainState  # numpy leaves
+  step: Any  # scalar int32: iterations done
+  carry: engine.Carry
+  order: Any  # (iters, batch) int32 minibatch indices
+  slot: Any  # (iters,) int32 factor row of each iteration
+
+
+class Problem(NamedTuple):
+  """One method's run: the engine's setup, initial state and optimizer, on the host."""
+
+  setup: engine.Setup
+  method: str
+  lr: np.ndarray  # the protocol's base learning rate, in the run's precision
+  tx: optax.GradientTransformation
+  state: TrainState  # numpy leaves
   train_x: np.ndarray  # only the images the batches use
   train_y: np.ndarray
 
 
 def make_problem(args: argparse.Namespace, method: str, images, labels) -> Problem:
-  """The harness's setup and initial state (seed ``args.seed``), over the used images only:
-  the batches of ``train.make_order`` on the whole training set, renumbered."""
-  order = train.make_order(args.seed, len(images), args.iters, args.batch)
+  """The engine's setup and initial state (seed ``args.seed``) of the paper's protocol,
+  every iteration's factors recorded, over the used images only: the batches of
+  ``engine.make_order`` on the whole training set, renumbered."""
+  order = engine.make_order(args.seed, len(images), args.iters, args.batch)
   used, renumbered = np.unique(order, return_inverse=True)
-  subset = data.Dataset(images[used], labels[used], images[:1], labels[:1], 10)
-  setup = train.build_setup(PROTOCOL, method, subset)
-  state = train.init_state(setup, args.seed, args.iters, args.batch, 1)
-  state = state._replace(order=renumbered.reshape(order.shape).astype(np.int32))
+  x = data.preprocess(images[used], None)
+  subset = data.ImageData(x, labels[used], x[:1], labels[used][:1], x[:1], labels[used][:1])
+  model = models.MODELS[PROTOCOL.model](num_classes=10)
+  setup = engine.Setup(model, engine.Images(args.batch),
+                       methods.CaffeOptimizer(PROTOCOL.name, model, keep_stats=True),
+                       eval_points=(), factor_points=args.iters)
+  task = records.RunTask(method, paper.base_lr(PROTOCOL, method), args.seed, args.iters)
+  run = engine.compile_run(setup, method, args.iters, setup.data.example(subset))
+  carry, _, slot = engine.start(setup, run, subset, task)
   dtype = np.float64 if args.x64 else np.float32
+  state = TrainState(np.int32(0), carry, renumbered.reshape(order.shape).astype(np.int32), slot)
   host = jax.tree.map(lambda a: np.asarray(a, dtype) if np.issubdtype(a.dtype, np.floating)
                       else np.asarray(a), jax.device_get(state))
-  return Problem(setup, host, np.asarray(setup.train_x, dtype), np.asarray(setup.train_y))
+  tx = setup.optimizer(method, task.lr, args.iters, carry.params).tx
+  return Problem(setup, method, np.asarray(task.lr, dtype), tx, host, subset.train_x.astype(dtype),
+                 subset.train_y)
 
 
 class MeshModel(NamedTuple):
@@ -206,14 +229,15 @@ class MeshModel(NamedTuple):
     return self.model.apply(variables, x, **kwargs)
 
 
-def jit_train_one(model, setup: train.Setup):
-  """The harness's training step as ``reproduce.py`` runs it: one iteration, donated."""
-  step_fn = train.make_train_step(model, setup.tx, setup.record)
+def jit_train_one(model, problem: Problem):
+  """The engine's training step with ``model``: one iteration, donated."""
+  step_fn = engine.make_step(dataclasses.replace(problem.setup, model=model), problem.method,
+                             len(problem.state.order))
 
-  def train_one(state: train.TrainState, train_x, train_y) -> train.TrainState:
-    key = jax.random.wrap_key_data(state.key)
-    seed = step_fn(state.step, state.seed, state.order, key, train_x, train_y)
-    return state._replace(step=state.step + 1, seed=seed)
+  def train_one(state: TrainState, train_x, train_y) -> TrainState:
+    carry = step_fn(state.step, state.carry, state.order, state.slot, (train_x, train_y),
+                    problem.lr)
+    return state._replace(step=state.step + 1, carry=carry)
   return jax.jit(train_one, donate_argnums=0)
 
 
@@ -225,19 +249,19 @@ def fsdp_spec(shape: tuple[int, ...], n: int) -> P:
   return P()
 
 
-def state_shardings(problem: Problem, mesh: Mesh, mode: str) -> train.TrainState:
+def state_shardings(problem: Problem, mesh: Mesh, mode: str) -> TrainState:
   """Shardings of the whole training state: parameters by ``mode``, each optimizer-state
   array like its parameter, everything else (histories, batch table) replicated."""
   replicated = NamedSharding(mesh, P())
   n = mesh.devices.size
   params = jax.tree.map(lambda a: NamedSharding(
-      mesh, fsdp_spec(a.shape, n) if mode == "fsdp" else P()), problem.state.seed.params)
+      mesh, fsdp_spec(a.shape, n) if mode == "fsdp" else P()), problem.state.carry.params)
   opt_state = optax.tree_utils.tree_map_params(
-      problem.setup.tx, lambda _, s: s, problem.state.seed.opt_state, params,
+      problem.tx, lambda _, s: s, problem.state.carry.opt_state, params,
       transform_non_params=lambda _: replicated)
   everything = jax.tree.map(lambda _: replicated, problem.state)
-  return everything._replace(seed=everything.seed._replace(params=params,
-                                                           opt_state=opt_state))
+  return everything._replace(carry=everything.carry._replace(params=params,
+                                                             opt_state=opt_state))
 
 
 def put(tree, shardings):
@@ -275,7 +299,7 @@ def relative(got, want, scale=None) -> float:
   return float(diff / size) if size > 0 else (0.0 if diff == 0 else float("inf"))
 
 
-def step_diffs(before: train.SeedState, mesh: train.SeedState, one: train.SeedState,
+def step_diffs(before: engine.Carry, mesh: engine.Carry, one: engine.Carry,
                k: int) -> StepDiffs:
   largest = lambda values: max(values, default=0.0)
   return StepDiffs(
@@ -284,12 +308,12 @@ def step_diffs(before: train.SeedState, mesh: train.SeedState, one: train.SeedSt
           jax.tree.leaves(before.params))),
       largest(relative(m, o) for m, o in zip(jax.tree.leaves(mesh.opt_state),
                                              jax.tree.leaves(one.opt_state))),
-      relative(mesh.loss[k], one.loss[k]),
-      largest(relative(m, o) for m, o in zip(mesh.norm[k], one.norm[k])),
-      largest(relative(m, o) for m, o in zip(mesh.factor[k], one.factor[k])))
+      relative(mesh.losses[k], one.losses[k]),
+      largest(relative(m, o) for m, o in zip(mesh.norms[k], one.norms[k])),
+      largest(relative(m, o) for m, o in zip(mesh.factors[k], one.factors[k])))
 
 
-def train_one_device(problem: Problem, step, device) -> train.TrainState:
+def train_one_device(problem: Problem, step, device) -> TrainState:
   """Free-running on one device from the initial state; returns the final state (numpy)."""
   state = jax.device_put(problem.state, device)
   x, y = jax.device_put((problem.train_x, problem.train_y), device)
@@ -299,7 +323,7 @@ def train_one_device(problem: Problem, step, device) -> train.TrainState:
 
 
 class MeshRun(NamedTuple):
-  final: train.TrainState  # numpy
+  final: TrainState  # numpy
   diffs: list[StepDiffs]  # per step
   kept: bool  # parameters and optimizer state kept their shardings
   seconds: float
@@ -316,11 +340,12 @@ def train_mesh(problem: Problem, shardings, step, reference, args) -> MeshRun:
     if k == 0:
       mesh_processes.fault_drill(args.fail_process)
     after = to_host(state, shardings.order)
-    diffs.append(step_diffs(before.seed, after.seed, reference(before).seed, k))
+    diffs.append(step_diffs(before.carry, after.carry, reference(before).carry, k))
     before = after
   seconds = time.perf_counter() - start
   kept = all(a.sharding.is_equivalent_to(s, a.ndim) for a, s in zip(
-      jax.tree.leaves(state.seed[:2]), jax.tree.leaves(shardings.seed[:2])))
+      jax.tree.leaves((state.carry.params, state.carry.opt_state)),
+      jax.tree.leaves((shardings.carry.params, shardings.carry.opt_state))))
   return MeshRun(before, diffs, kept, seconds)
 
 
@@ -337,16 +362,17 @@ def describe_layout(params, shardings) -> tuple[str, float]:
 
 
 def summarize(method: str, mode: str, problem: Problem, shardings, run: MeshRun,
-              ref: train.TrainState) -> dict:
+              ref: TrainState) -> dict:
   """One layout's results: layout, shardings kept, largest step differences, both curves."""
-  split, fraction = describe_layout(problem.state.seed.params, shardings.seed.params)
+  split, fraction = describe_layout(problem.state.carry.params, shardings.carry.params)
   param_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(
-      jax.tree.leaves(run.final.seed.params), jax.tree.leaves(ref.seed.params)))
+      jax.tree.leaves(run.final.carry.params), jax.tree.leaves(ref.carry.params)))
   return {"method": method, "mode": mode, "split": split, "split_fraction": fraction,
           "kept": run.kept, "seconds": run.seconds,
           "step": {name: max(getattr(d, name) for d in run.diffs)
                    for name in StepDiffs._fields},
-          "loss_one_device": ref.seed.loss.tolist(), "loss_mesh": run.final.seed.loss.tolist(),
+          "loss_one_device": ref.carry.losses.tolist(),
+          "loss_mesh": run.final.carry.losses.tolist(),
           "final_param_diff": param_diff}
 
 
@@ -400,7 +426,7 @@ def compare(args, method: str, images, labels, devices) -> list[dict]:
   """
   problem = make_problem(args, method, images, labels)
   one = jax.local_devices(backend=devices[0].platform)[0]
-  one_step = jit_train_one(problem.setup.model, problem.setup)
+  one_step = jit_train_one(problem.setup.model, problem)
   reference = lambda state: jax.device_get(one_step(
       jax.device_put(state, one), *jax.device_put((problem.train_x, problem.train_y), one)))
   ref = train_one_device(problem, one_step, one)
@@ -410,7 +436,7 @@ def compare(args, method: str, images, labels, devices) -> list[dict]:
     gather = NamedSharding(mesh, P()) if mode == "fsdp" else None
     model = MeshModel(problem.setup.model, NamedSharding(mesh, P("data")), gather)
     shardings = state_shardings(problem, mesh, mode)
-    run = train_mesh(problem, shardings, jit_train_one(model, problem.setup),
+    run = train_mesh(problem, shardings, jit_train_one(model, problem),
                      reference, args)
     summaries.append(summarize(method, mode, problem, shardings, run, ref))
     if jax.process_index() == 0:

@@ -10,8 +10,9 @@ schema), :mod:`~experiments.files` (atomic writes). Statistics and reports:
 
 Front-ends: :mod:`~experiments.tuned` (tuned comparisons, protocol in
 :mod:`~experiments.tuning`), :mod:`~experiments.verdict`, :mod:`~experiments.paper` (the
-paper's Caffe protocols, :mod:`~experiments.configs`). :mod:`~experiments.train` gives the
-per-seed step as pure functions for the device-mesh example.
+paper's Caffe protocols, :mod:`~experiments.configs`) and the four studies
+(:mod:`experiments.studies`). The device-mesh example (``examples/train_mesh.py``) shards
+the engine's pure step (:func:`experiments.engine.make_step`).
 
 References:
   Singh, De, Zhang, Goldstein, Taylor. "Layer-Specific Adaptive Learning Rates for Deep

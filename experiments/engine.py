@@ -270,15 +270,12 @@ def _layer_stats(setup: Setup, opt: Optimizer, grads, params, opt_state):
           jnp.concatenate([jnp.ravel(kept[n].factor) for n in names]))
 
 
-@functools.lru_cache(maxsize=16)
-def compile_run(setup: Setup, method: str, iters: int, example: jax.ShapeDtypeStruct
-                ) -> Compiled:
-  """The jitted initialisation, step and evaluation of (method, iters), kept for the next
-  runs of the same configuration in this process."""
+def make_step(setup: Setup, method: str, iters: int) -> Callable:
+  """The pure training step ``(k, carry, order, slot, train, lr) -> carry`` of iteration
+  ``k``: the minibatch ``order[k]`` of ``train``, the loss and factors written at ``k`` and
+  ``slot[k]``. :func:`compile_run` jits it; a caller may shard it instead (e.g. with a
+  ``setup.model`` whose ``apply`` adds sharding constraints)."""
   model, kind = setup.model, setup.data
-  init = jax.jit(lambda key: model.init(key, jnp.zeros(example.shape, example.dtype)))
-  names = factor_names(jax.eval_shape(init, jax.random.key(0))["params"], setup.layers,
-                       setup.stacked)
 
   def step(k, carry: Carry, order, slot, train, lr) -> Carry:
     opt = setup.optimizer(method, lr, iters, carry.params)
@@ -296,6 +293,19 @@ def compile_run(setup: Setup, method: str, iters: int, example: jax.ShapeDtypeSt
     return Carry(optax.apply_updates(carry.params, updates), dict(new_state), opt_state,
                  carry.losses.at[k].set(loss), carry.norms.at[slot[k]].set(norm),
                  carry.factors.at[slot[k]].set(factor), carry.dropout)
+  return step
+
+
+@functools.lru_cache(maxsize=16)
+def compile_run(setup: Setup, method: str, iters: int, example: jax.ShapeDtypeStruct
+                ) -> Compiled:
+  """The jitted initialisation, step (:func:`make_step`) and evaluation of (method, iters),
+  kept for the next runs of the same configuration in this process."""
+  model, kind = setup.model, setup.data
+  init = jax.jit(lambda key: model.init(key, jnp.zeros(example.shape, example.dtype)))
+  names = factor_names(jax.eval_shape(init, jax.random.key(0))["params"], setup.layers,
+                       setup.stacked)
+  step = make_step(setup, method, iters)
 
   def score(variables, split):
     return kind.score(lambda x: model.apply(variables, x, train=False), split)

@@ -6,7 +6,7 @@ time). ``--xla_backend_optimization_level=0`` turns it off for the tests only; X
 passes (fusion, SPMD partitioning) still run, so the HLO the tests inspect is unchanged.
 Set when pytest configures the session, before any test starts a backend; subprocesses
 inherit it through the environment. The harness is imported from the repository root
-(``pythonpath = ["."]`` in pyproject.toml), e.g. ``from experiments import train``.
+(``pythonpath = ["."]`` in pyproject.toml), e.g. ``from experiments import engine``.
 """
 
 import os

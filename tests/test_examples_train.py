@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import layerwise_optax as lo
-from experiments import configs, data, engine, methods, models, paper, train
+from experiments import configs, data, engine, methods, models, paper
 from experiments.records import RunTask
 from tests.generated_data import learnable_dataset, write_idx_folder
 from tests.reference import layer_factor
@@ -114,53 +114,51 @@ def test_resume_is_bit_identical_and_deterministic(images, tmp_path):
   assert run(images, "nag+layer", 4)["losses"] != whole["losses"]
 
 
-def sgd_decay(setup):
-  """The MNIST sgd solver's weight decay (Caffe's decay_mult) for ``setup``'s model."""
-  _, decay_mult = models.param_mults(setup.model, models.abstract_params(setup.model))
+def sgd_decay(model):
+  """The MNIST sgd solver's weight decay (Caffe's decay_mult) for ``model``."""
+  _, decay_mult = models.param_mults(model, models.abstract_params(model))
   return methods.decay_by_mult(configs.MNIST.solvers["sgd"].weight_decay, decay_mult)
 
 
-def first_step_records(setup, seed=0):
-  """One harness step of ``setup``: its recorded (norm, factor) and the decayed gradient."""
-  state = train.init_state(setup, seed, 1, 8, 1)
-  key = jax.random.wrap_key_data(state.key)
-  step_fn = train.make_train_step(setup.model, setup.tx, setup.record)
-  after = step_fn(0, state.seed, state.order, key, setup.train_x, setup.train_y)
-  x, y = setup.train_x[state.order[0]], setup.train_y[state.order[0]]
-  rngs = {"dropout": jax.random.fold_in(key, 0)}
-  grads = jax.grad(lambda p: train.cross_entropy(
-      setup.model.apply({"params": p}, x, train=True, rngs=rngs), y))(state.seed.params)
-  decayed, _ = sgd_decay(setup).update(grads, optax.EmptyState(), state.seed.params)
-  return after, decayed
+def first_step_records(images, keep_stats: bool, seed=0):
+  """One engine step of sgd+layer: the carry after it and the decayed gradient."""
+  setup = lenet_setup(1)
+  setup = dataclasses.replace(setup, optimizer=dataclasses.replace(setup.optimizer,
+                                                                   keep_stats=keep_stats))
+  compiled = engine.compile_run(setup, "sgd+layer", 1, setup.data.example(images))
+  carry, order, slot = engine.start(setup, compiled, images, RunTask("sgd+layer", 0.01, seed, 1))
+  train_x, train_y = jnp.asarray(images.train_x), jnp.asarray(images.train_y)
+  grads = jax.grad(lambda p: engine.cross_entropy(setup.model.apply(
+      {"params": p}, train_x[order[0]], train=True), train_y[order[0]]))(carry.params)
+  decayed, _ = sgd_decay(setup.model).update(grads, optax.EmptyState(), carry.params)
+  step = engine.make_step(setup, "sgd+layer", 1)
+  return step(0, carry, order, slot, (train_x, train_y), jnp.float32(0.01)), decayed
 
 
 @pytest.mark.parametrize("keep_stats", [False, True])
-def test_recorded_factors_are_those_of_the_decayed_gradient(tiny, keep_stats):
+def test_recorded_factors_are_those_of_the_decayed_gradient(images, keep_stats):
   """An sgd+layer step records layer_factors of the gradient after weight decay, whether the
-  recorder recomputes them or reads them from a state that keeps them."""
-  setup = train.build_setup(configs.MNIST, "sgd+layer", tiny)  # keeps the stats
-  if not keep_stats:
-    setup = dataclasses.replace(setup, tx=optax.chain(
-        sgd_decay(setup), lo.scale_by_layerwise_lr(), optax.sgd(0.01, 0.9)))
-  after, decayed = first_step_records(setup)
+  engine recomputes them or reads them from a state that keeps them."""
+  after, decayed = first_step_records(images, keep_stats)
   kept = optax.tree_utils.tree_get(after.opt_state, "layer_stats")
   assert (kept is not None) == keep_stats
   expect = lo.layer_factors(decayed)
-  assert tuple(expect) == setup.layer_names
-  np.testing.assert_allclose(after.norm[0], [v.norm for v in expect.values()], rtol=1e-6)
-  np.testing.assert_allclose(after.factor[0], [v.factor for v in expect.values()], rtol=1e-6)
-  assert np.all(np.asarray(after.factor[0]) > 1)
+  assert list(expect) == engine.factor_names(decayed)
+  np.testing.assert_allclose(after.norms[0], [v.norm for v in expect.values()], rtol=1e-6)
+  np.testing.assert_allclose(after.factors[0], [v.factor for v in expect.values()], rtol=1e-6)
+  assert np.all(np.asarray(after.factors[0]) > 1)
 
 
-def test_recorder_reads_kept_stats_in_layer_order(tiny):
-  """Stats in the state are read, not recomputed, and stacked in the layer names' order."""
-  setup = train.build_setup(configs.MNIST, "sgd+layer", tiny)
+def test_kept_stats_are_read_in_layer_order():
+  """Stats in the state are read, not recomputed, and stacked in the factor names' order."""
+  setup = lenet_setup(1)
   params = models.abstract_params(setup.model)
   grads = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), params)
-  names = setup.layer_names
+  names = engine.factor_names(params)
   kept = {name: lo.LayerFactor(jnp.float32(i), jnp.float32(10 + i))
           for i, name in reversed(list(enumerate(names)))}
-  norm, factor = setup.record(grads, grads, {"layer_stats": kept})
+  opt = setup.optimizer("sgd+layer", 0.01, 1, grads)
+  norm, factor = engine._layer_stats(setup, opt, grads, grads, {"layer_stats": kept})
   np.testing.assert_array_equal(norm, np.arange(len(names)))
   np.testing.assert_array_equal(factor, 10 + np.arange(len(names)))
 
@@ -177,7 +175,7 @@ def test_paired_seeds_share_init_and_batches(images):
   np.testing.assert_array_equal(a.dropout, b.dropout)
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_array_equal(x, y)
-  order = train.make_order(5, 64, 20, 8)  # 160 draws: every epoch is a permutation
+  order = engine.make_order(5, 64, 20, 8)  # 160 draws: every epoch is a permutation
   assert sorted(order.ravel()[:64]) == list(range(64))
 
 
