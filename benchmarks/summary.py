@@ -17,12 +17,10 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from experiments import cli
+from experiments import cli, files
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "bench"
 # Column title -> the method row of bench_step that fills it.
@@ -59,13 +57,6 @@ def summary_table(bench: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def write_atomically(path: Path, text: str) -> None:
-  """Writes ``text`` to a temporary file next to ``path``, then renames it into place."""
-  with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-    tmp.write(text)
-  os.replace(tmp.name, path)
-
-
 @cli.reports_errors
 def main(argv: list[str] | None = None) -> str:
   parser = cli.Parser(prog="python -m benchmarks.summary",
@@ -85,7 +76,7 @@ def main(argv: list[str] | None = None) -> str:
     raise cli.InputError(f"{args.json} is not a bench_step --json result ({e!r}); rerun "
                          "python -m benchmarks.bench_step --json") from None
   try:
-    write_atomically(args.out, table)
+    files.write_text(args.out, table)
   except OSError as e:
     raise cli.InputError(f"cannot write {args.out} ({e.strerror}); pass another --out") from None
   print(table, end="")

@@ -56,6 +56,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import files
 from .cli import InputError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -254,24 +255,20 @@ def download(url: str, dest: Path, remote: Remote | None = None,
   """
   dest = Path(dest)
   dest.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-  try:
+  with files.replacing(dest) as tmp:
     try:
-      with os.fdopen(fd, "wb") as f, opener(url) as response:
+      with open(tmp, "wb") as f, opener(url) as response:
         shutil.copyfileobj(response, f)
     except (urllib.error.URLError, OSError) as e:
       reason = getattr(e, "reason", None) or e
       raise InputError(f"could not fetch {url} ({reason}); check the network, or fetch the "
                        f"file by hand and pass --data-dir") from None
     if remote is not None:
-      content = Path(tmp).read_bytes()
+      content = tmp.read_bytes()
       if remote.of_content:
-        content = _read_maybe_gzip(Path(tmp))
+        content = _read_maybe_gzip(tmp)
       check_digest(content, remote.digest, url, remote.algorithm,
                    "the download is corrupt or the file changed upstream; try again")
-    os.replace(tmp, dest)
-  finally:
-    Path(tmp).unlink(missing_ok=True)
   return dest
 
 
