@@ -117,7 +117,7 @@ def _script_texts() -> dict[str, str]:
 
 
 MAKE_COMMAND = re.compile(r"`make ([a-z][\w-]*)")
-PYTHON_MODULE = re.compile(r"-m ([A-Za-z_][\w.]*)")
+PYTHON_MODULE = re.compile(r"-m ([A-Za-z_]\w*(?:\.\w+)*)")
 TOOLS = {"pip", "pyright", "pytest", "ruff", "sphinx", "venv"}  # not this repository's
 
 
