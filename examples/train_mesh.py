@@ -43,7 +43,7 @@ docs/scale_out.md)::
   python -m examples.train_mesh --devices 8 --processes 2 --methods sgd+layer,adagrad+layer
 
 Needs Fashion-MNIST in /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist)
-or ``--data-dir`` (see ``experiments/data.py``); ``--synthetic`` uses random images.
+or ``--data-dir`` (``--download`` fetches it there); ``--synthetic`` uses random images.
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="random 28x28 images and labels instead of Fashion-MNIST")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--data-dir", default=None)
+  p.add_argument("--download", action="store_true",
+                 help="fetch Fashion-MNIST into --data-dir (or data/) if it is not there")
   p.add_argument("--print-every", type=cli.positive_int, default=10)
   p.add_argument("--x64", action="store_true", help="train in float64")
   p.add_argument("--step-tol", type=float, default=None,
@@ -162,7 +164,7 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     images = rng.integers(0, 256, (max(1024, args.batch), 28, 28, 1), dtype=np.uint8)
     return images, rng.integers(0, 10, len(images)).astype(np.int32)
   try:
-    dataset = data.load_dataset("fashion_mnist", args.data_dir)
+    dataset = data.load_dataset("fashion_mnist", args.data_dir, args.download)
   except (FileNotFoundError, ValueError) as e:
     fail(f"{e} (or pass --synthetic)")
   return dataset.train_images, dataset.train_labels

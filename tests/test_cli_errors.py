@@ -352,3 +352,26 @@ def test_a_study_names_a_damaged_resume_file(tmp_path, capsys, kind):
       capsys)
   assert code == 1 and err.startswith(f"error: {path}") and "delete it to" in err
   assert path.read_bytes() == content
+
+
+def test_mesh_example_offline_download(tmp_path, monkeypatch, capsys):
+  url = f"http://127.0.0.1:{closed_port()}/"
+  remote = data.DATASETS["fashion_mnist"].remote
+  set_remote(monkeypatch, "fashion_mnist", {name: r._replace(url=url + name)
+                                            for name, r in remote.items()})
+  code, err = one_line_error(train_mesh.main, ["--download", "--data-dir", str(tmp_path / "d")],
+                             capsys)
+  assert code == 1 and err.startswith(f"train_mesh: could not fetch {url}")
+  assert err.endswith("(or pass --synthetic)")
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("experiments.tuned", ["lenet", "--dataset", "mnist"]),
+    ("experiments.studies.vanishing", ["--dataset", "mnist"]),
+    ("examples.train_mesh", []),
+])
+def test_download_into_an_unwritable_folder_everywhere(module, argv, tmp_path, capsys):
+  out = [] if module == "examples.train_mesh" else ["--out", str(tmp_path)]
+  code, err = one_line_error(EVERY_COMMAND[module],
+                             argv + ["--download", "--data-dir", "/proc/x", *out], capsys)
+  assert code == 1 and "/proc/x: cannot read or write there" in err
