@@ -1,5 +1,6 @@
 """The registries: a method and a dataset added by one entry each reach every front-end that
-takes ``--methods`` and ``--dataset`` (experiments.tuned, experiments.paper)."""
+takes ``--methods`` and ``--dataset`` (experiments.tuned, experiments.paper, the image
+studies)."""
 
 import json
 import math
@@ -9,6 +10,7 @@ import optax
 import pytest
 
 from experiments import data, methods, paper, tuned
+from experiments.studies import grouping, lr_sensitivity, vanishing
 
 
 def new_images(folder, sizes, download):
@@ -54,3 +56,19 @@ def test_paper_protocol_runs_them(registered, tmp_path):
   assert results["gd+weighted"]["factor"].shape == (1, 5, 4)
   assert np.isfinite(results["gd"]["test_error"]).all()
   assert json.loads((out / "results.json").read_text())["config"]["dataset"] == "tiny_images"
+
+
+@pytest.mark.parametrize("study, argv", [
+    (lr_sensitivity, ["--methods", "gd,gd+layer", "--lrs", "0.01"]),
+    (vanishing, ["--methods", "gd,gd+layer"]),
+    (grouping, ["--methods", "gd"]),
+])
+def test_studies_run_them(registered, tmp_path, study, argv):
+  out = tmp_path / "study"
+  study.main(["--dataset", "tiny_images", "--seeds", "1", "--iters", "20", "--no-plots",
+              "--out", str(out), *argv])
+  results = json.loads((out / "results.json").read_text())
+  text = json.dumps(results)
+  assert '"tiny_images"' in text and '"gd' in text
+  records = sorted(path.parent.name for path in (out / "runs").rglob("*.json"))
+  assert records and set(records) <= {"gd", "gd+layer"}, records
