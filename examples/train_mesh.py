@@ -53,7 +53,6 @@ import dataclasses
 import os
 import signal
 import sys
-import tempfile
 import time
 from typing import Any, NamedTuple, NoReturn
 
@@ -116,22 +115,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if getattr(args, name) is not None and not getattr(args, name) > 0:
       p.error(f"--{name.replace('_', '-')} must be > 0")
   mesh_processes.check_arguments(p, args)
-  if args.json is not None and (problem := unwritable(args.json)):
+  if args.json is not None and (problem := cli.unwritable(args.json)):
     p.error(f"cannot write --json {args.json} ({problem})")
   return args
-
-
-def unwritable(path: str) -> str | None:
-  """Why a file cannot be written at ``path`` (atomically: a temporary file beside it and
-  a rename), or None."""
-  if os.path.isdir(path):
-    return "a folder"
-  try:
-    with tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(path))):
-      pass
-  except OSError as e:
-    return e.strerror or type(e).__name__
-  return None
 
 
 # --- the runtime, the data, the two layouts ---------------------------------------------

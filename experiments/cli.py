@@ -94,14 +94,25 @@ def floats(text: str) -> list[float]:
                                      "numbers") from None
 
 
+def unwritable(path: str | Path, folder: bool = False) -> str | None:
+  """Why no file can be written at ``path`` (atomically: a temporary file beside it, then a
+  rename), or in the folder ``path`` (``folder``, creating it); None if it can."""
+  path = Path(path)
+  if not folder and path.is_dir():
+    return "a folder"
+  try:
+    if folder:
+      path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path if folder else path.absolute().parent):
+      pass
+  except OSError as e:
+    return e.strerror or type(e).__name__
+  return None
+
+
 def writable_folder(path: str | Path, option: str = "--out") -> Path:
   """Creates ``path`` if needed and checks a file can be written there (else an
   :class:`InputError` that names ``option``)."""
-  path = Path(path)
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=path):
-      pass
-  except OSError as e:
-    raise InputError(f"cannot write to {path} ({e.strerror}); pass another {option}") from None
-  return path
+  if problem := unwritable(path, folder=True):
+    raise InputError(f"cannot write to {path} ({problem}); pass another {option}")
+  return Path(path)
