@@ -216,7 +216,9 @@ def tuned_rows(results: dict) -> list[list[str]]:
     paired = (["—"] * 5 + ["(tuned base)"] if own else
               [cells[k] for k in ("diff", "ci95", "p", "mde", "wins", "verdict")])
     rows.append([method, r["baseline"], f"{r['selected_lr']:.3g}",
-                 f"{len(r['grid'])} ({len(r['diverged'])})", mean_pm_std(r["val"]),
+                 f"{len(r['grid'])} ({len(r['diverged'])})"
+                 + ("" if r.get("bracketed", True) else ", best on the edge"),
+                 mean_pm_std(r["val"]),
                  mean_pm_std(r["test"]), *paired,
                  stats.reach_text(stats.reach(r["iters_to_baseline_val"]))])
   return rows

@@ -17,8 +17,9 @@ the highest point has not diverged (at most ``max_extensions`` per side).
 point within ``fine_span`` lattice steps of the coarse best (of the start without stage 1),
 so that a point lies between the best and each of its coarse neighbours, a diverged one
 included. Round by round one lattice point is added on the side where the best mean sits on
-the edge (at most ``max_extensions`` per side; without stage 1 also above while the highest
-point has not diverged). The selected learning rate has the best mean final *validation*
+the edge (at most ``grid_extensions`` per side, 8 by default, as a coarse best from short
+runs may sit a few lattice steps from the full-length one; without stage 1 also above while
+the highest point has not diverged). The selected learning rate has the best mean final *validation*
 metric over the grid seeds (NaN/inf count as the worst, ties go to the smaller rate).
 
 **Stage 3, evaluation**: each method at its selected rate on the evaluation seeds, disjoint
@@ -94,6 +95,7 @@ class Workload:
   grid_seeds: tuple[int, ...] = (0, 1, 2)
   eval_seeds: tuple[int, ...] = tuple(range(100, 110))
   max_extensions: int = 4
+  grid_extensions: int = 8
   reference: dict = dataclasses.field(default_factory=dict)
 
   def lr(self, k: int) -> float:
@@ -229,9 +231,9 @@ def _grid(runs: _Runs, method: str, span: _Span, seeds: tuple[int, ...]) -> dict
 
 
 def search(runs: _Runs, spans: dict[str, _Span], seeds: tuple[int, ...], title: str,
-           until_diverged: bool) -> dict[str, _Span]:
+           until_diverged: bool, cap: int) -> dict[str, _Span]:
   """Grows each method's span round by round (module doc) until its best mean is inside it
-  (and, with ``until_diverged``, its highest point diverged) or ``max_extensions`` points
+  (and, with ``until_diverged``, its highest point diverged) or ``cap`` points
   were added on that side; returns the final spans."""
   w = runs.workload
   spans = {m: dataclasses.replace(s) for m, s in spans.items()}
@@ -244,9 +246,9 @@ def search(runs: _Runs, spans: dict[str, _Span], seeds: tuple[int, ...], title: 
       span = spans[method]
       best = select_lr(_grid(runs, method, span, seeds), w.lower_is_better)
       top_diverged = any(diverged(runs.get(method, w.lr(span.high), s), w) for s in seeds)
-      add_below = best == w.lr(span.low) and span.below < w.max_extensions
+      add_below = best == w.lr(span.low) and span.below < cap
       add_above = ((best == w.lr(span.high) or (until_diverged and not top_diverged))
-                   and span.above < w.max_extensions)
+                   and span.above < cap)
       if add_below or add_above:
         span.low -= span.step * add_below
         span.high += span.step * add_above
@@ -326,15 +328,18 @@ def run(workload: Workload, out: Path, workers: int = 2, log: Callable[[str], No
     half = w.coarse_points // 2 * w.coarse_step
     coarse_spans = search(coarse, {m: _Span(k - half, k + half, w.coarse_step)
                                    for m, k in starts.items()},
-                          w.grid_seeds[:1], "coarse", until_diverged=True)
+                          w.grid_seeds[:1], "coarse", until_diverged=True,
+                          cap=w.max_extensions)
     starts = {m: w.lattice_k(_grid_json(coarse, m, s, w.grid_seeds[:1])["selected_lr"])
               for m, s in coarse_spans.items()}
   spans = search(full, {m: _Span(k - w.fine_span, k + w.fine_span) for m, k in starts.items()},
-                 w.grid_seeds, "grid", until_diverged=coarse is None)
+                 w.grid_seeds, "grid", until_diverged=coarse is None, cap=w.grid_extensions)
   methods = {}
   for method in w.methods:
     methods[method] = {"baseline": w.baseline[method],
                        **_grid_json(full, method, spans[method], w.grid_seeds)}
+    rates = [float(lr) for lr in methods[method]["grid"]]
+    methods[method]["bracketed"] = min(rates) < methods[method]["selected_lr"] < max(rates)
     if coarse is not None:
       methods[method]["coarse"] = _grid_json(coarse, method, coarse_spans[method],
                                              w.grid_seeds[:1])
@@ -364,7 +369,8 @@ def run(workload: Workload, out: Path, workers: int = 2, log: Callable[[str], No
       "iters": w.iters, "grid_seeds": list(w.grid_seeds), "eval_seeds": list(w.eval_seeds),
       "sizes": w.sizes,
       "protocol": {"lattice": {"anchor": w.anchor, "ratio": w.ratio}, "stages": stages,
-                   "max_extensions": w.max_extensions, "diverged_at": w.diverged_at,
+                   "max_extensions": w.max_extensions, "grid_extensions": w.grid_extensions,
+                   "diverged_at": w.diverged_at,
                    "selection": SELECTION, "grid_seeds": len(w.grid_seeds),
                    "seeds": len(w.eval_seeds)},
       "methods": methods,

@@ -173,6 +173,11 @@ def test_single_stage_grows_up_to_divergence(tmp_path):
   # mid starts at -2..2; 0.01 * sqrt2^k diverges above 0.05 from k = 5 on.
   assert list(results["methods"]["mid"]["grid"]) == rates(range(-2, 6))
   assert results["methods"]["mid"]["selected_lr"] == 0.01
+  # low's best (-13.3) lies beyond the 8 points the grid may add below -2: not bracketed.
+  assert list(results["methods"]["low"]["grid"])[0] == rates([-10])[0]
+  assert [results["methods"][m]["bracketed"] for m in ("mid", "up", "low")] == [
+      True, True, False]
+  assert report.tuned_rows(results)[2][3].endswith(", best on the edge")
 
 
 def test_overlapping_seeds_and_coarse_lattice_are_refused(tmp_path):
