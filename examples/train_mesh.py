@@ -34,7 +34,7 @@ set before jax starts a backend). ``--processes P`` runs the mesh over P local p
 N/P devices each, with JAX's multi-controller runtime (``jax.distributed``, a coordinator
 on 127.0.0.1, gloo collectives between the CPU devices): this command starts the P
 processes, process 0 prints the report, and if one of them fails the others are stopped
-with one line saying which (the launcher: ``examples/mesh_processes.py``); a signal to the
+with one line saying which (the launcher: ``experiments/processes.py``); a signal to the
 command (Ctrl-C, SIGTERM) stops them all with one line, and they die with it. On several
 hosts, run one process per host with ``--process-id I --coordinator HOST0:PORT`` (see
 docs/scale_out.md)::
@@ -62,8 +62,9 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from examples import mesh_processes
 from experiments import cli, configs, data, engine, files, methods, models, paper, records
+from experiments import processes as launcher
+from experiments.stats import relative_difference as relative
 
 PROG = "train_mesh"
 MODULE = "examples.train_mesh"
@@ -97,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       "allowed (default: 1e-10 with --x64; not judged in float32)")
   p.add_argument("--json", default=None,
                  help="also write the results (step differences, both loss curves) here")
-  mesh_processes.add_arguments(p)
+  launcher.add_arguments(p)
   args = p.parse_args(argv)
   try:
     args.methods = methods.method_list(args.methods)
@@ -114,7 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   for name in ("step_tol", "tol"):
     if getattr(args, name) is not None and not getattr(args, name) > 0:
       p.error(f"--{name.replace('_', '-')} must be > 0")
-  mesh_processes.check_arguments(p, args)
+  launcher.check_arguments(p, args)
   if args.json is not None and (problem := cli.unwritable(args.json)):
     p.error(f"cannot write --json {args.json} ({problem})")
   return args
@@ -134,7 +135,7 @@ def start_runtime(args: argparse.Namespace) -> list:
   jax.config.update("jax_enable_x64", args.x64)
   jax.config.update("jax_default_matmul_precision", "highest")
   if args.processes > 1:
-    mesh_processes.join(args.process_id, args.processes, args.coordinator, args.timeout)
+    launcher.join(args.process_id, args.processes, args.coordinator, args.timeout)
   devices = jax.devices()
   if len(devices) != args.devices:  # e.g. one GPU: use the simulated CPU devices
     devices = jax.devices("cpu")
@@ -279,14 +280,6 @@ class StepDiffs(NamedTuple):
   factor: float  # per layer
 
 
-def relative(got, want, scale=None) -> float:
-  """``||got - want|| / ||scale||`` (``scale`` defaults to ``want``); 0 if both are 0."""
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  diff = np.linalg.norm(got - want)
-  size = np.linalg.norm(want if scale is None else scale)
-  return float(diff / size) if size > 0 else (0.0 if diff == 0 else float("inf"))
-
-
 def step_diffs(before: engine.Carry, mesh: engine.Carry, one: engine.Carry,
                k: int) -> StepDiffs:
   largest = lambda values: max(values, default=0.0)
@@ -326,7 +319,7 @@ def train_mesh(problem: Problem, shardings, step, reference, args) -> MeshRun:
   for k in range(args.iters):
     state = jax.block_until_ready(step(state, x, y))
     if k == 0:
-      mesh_processes.fault_drill(args.fail_process)
+      launcher.fault_drill(args.fail_process)
     after = to_host(state, shardings.order)
     diffs.append(step_diffs(before.carry, after.carry, reference(before).carry, k))
     before = after
@@ -452,22 +445,21 @@ def write_json(path: str, argv: list[str], summaries: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   args = parse_args(argv)
-  launches = mesh_processes.launches(args)
+  launches = launcher.launches(args)
   # The launcher ends its processes on SIGTERM too; a process it started dies by SIGTERM.
-  mesh_processes.handle_signals((signal.SIGINT, signal.SIGTERM) if launches else
-                                (signal.SIGINT,))
+  launcher.handle_signals((signal.SIGINT, signal.SIGTERM) if launches else (signal.SIGINT,))
   try:
     images, labels = load_images(args)  # checked by the launcher too, before any process
     if launches:
-      return mesh_processes.launch(MODULE, PROG, argv, args)
+      return launcher.launch(MODULE, PROG, argv, args)
     return run(args, argv, images, labels)
-  except mesh_processes.Interrupted as e:
+  except launcher.Interrupted as e:
     if launches:
       fail(str(e), e.status)
     print(f"{PROG}: process {args.process_id} of {args.processes} {e}", file=sys.stderr,
           flush=True)
     os._exit(e.status)  # no shutdown of the runtime, which would wait for the others
-  except mesh_processes.ProcessError as e:
+  except launcher.ProcessError as e:
     fail(str(e), e.status)
 
 

@@ -6,7 +6,8 @@ names). Training: :mod:`~experiments.engine` (one jitted step, one evaluation, o
 checkpoints). Files: :mod:`~experiments.records` (run records, checkpoints, the results
 schema), :mod:`~experiments.files` (atomic writes). Statistics and reports:
 :mod:`~experiments.stats`, :mod:`~experiments.report`. Runs in parallel:
-:mod:`~experiments.pool`. Commands: :mod:`~experiments.cli` (one convention).
+:mod:`~experiments.pool`; on several processes of JAX's multi-controller runtime:
+:mod:`~experiments.processes`. Commands: :mod:`~experiments.cli` (one convention).
 
 Front-ends: :mod:`~experiments.tuned` (tuned comparisons, protocol in
 :mod:`~experiments.tuning`), :mod:`~experiments.verdict`, :mod:`~experiments.paper` (the

@@ -92,6 +92,16 @@ POWER = 0.80
 # --- summaries -------------------------------------------------------------------------------
 
 
+def relative_difference(got: Any, want: Any, scale: Any = None) -> float:
+  """``||got - want||_2 / ||scale||_2`` (``scale`` defaults to ``want``), in float64; 0 when
+  both norms are 0 and inf when only the scale's is. With ``scale`` the change a step made,
+  two parameter updates are compared relative to the step, not to the parameters."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  diff = np.linalg.norm(got - want)
+  size = np.linalg.norm(want if scale is None else scale)
+  return float(diff / size) if size > 0 else (0.0 if diff == 0 else float("inf"))
+
+
 def mean_std(x: Any, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Mean and sample standard deviation (``ddof = 1``; 0 for a single sample) along
   ``axis``; NaN and inf propagate."""

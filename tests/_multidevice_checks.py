@@ -34,14 +34,14 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import layerwise_optax as lo
-from examples import mesh_processes
+from experiments import processes as launcher
 from tests import commands, reference
 
 if (processes := int(os.environ.get("MULTIDEVICE_PROCESSES", "1"))) > 1:  # before any backend
   jax.config.update("jax_num_cpu_devices", 8 // processes)
   host, _, port = os.environ["MULTIDEVICE_COORDINATOR"].rpartition(":")
-  mesh_processes.join(int(os.environ["MULTIDEVICE_PROCESS_ID"]), processes, (host, int(port)),
-                      int(commands.limit()))
+  launcher.join(int(os.environ["MULTIDEVICE_PROCESS_ID"]), processes, (host, int(port)),
+                int(commands.limit()))
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="fewer than 8 devices")
 across_processes = pytest.mark.across_processes

@@ -22,7 +22,7 @@ import subprocess
 
 import numpy as np
 
-from examples import mesh_processes
+from experiments import processes
 from tests import commands
 
 ITERS = 2
@@ -63,7 +63,7 @@ def recipe() -> list[str]:
 def test_processes_started_by_hand_as_the_docs_say():
   lines = recipe()
   assert [re.search(r"--process-id (\d)", line).group(1) for line in lines] == ["0", "1"]
-  port = str(mesh_processes.free_port())
+  port = str(processes.free_port())
   procs = [subprocess.Popen(
       commands.python(*shlex.split(line.replace("PORT", port))[1:]), cwd=commands.ROOT,
       env=commands.cpu_env(optimized=True), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -89,7 +89,7 @@ def test_processes_started_by_hand_as_the_docs_say():
 def test_sharding_checks_across_two_processes():
   """_multidevice_checks.py's tensor-parallel, 2-D mesh and shard_map + axis_name cases, in
   two pytest processes that join one runtime (``MULTIDEVICE_*`` variables)."""
-  port = str(mesh_processes.free_port())
+  port = str(processes.free_port())
   argv = commands.python("-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                          "tests/_multidevice_checks.py", "-m", "across_processes")
   procs = [subprocess.Popen(

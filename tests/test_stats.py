@@ -215,3 +215,14 @@ def test_number_formatting():
 def test_markdown_table():
   assert stats.markdown_table(["a", "b"], [[1, "x"], [2.5, "y"]]) == (
       "| a | b |\n|---|---|\n| 1 | x |\n| 2.5 | y |")
+
+
+def test_relative_difference():
+  assert stats.relative_difference([3.0, 4.0], [3.0, 4.0]) == 0.0
+  assert stats.relative_difference([3.0, 5.0], [3.0, 4.0]) == pytest.approx(1 / 5)
+  # Parameter updates: the difference relative to the step, not to the parameters.
+  assert stats.relative_difference([1.1], [1.2], scale=np.array([0.2])) == pytest.approx(0.5)
+  assert stats.relative_difference([0.0], [0.0]) == 0.0
+  assert stats.relative_difference([1e-30], [0.0]) == float("inf")
+  assert stats.relative_difference(np.int32(3), np.int32(3)) == 0.0
+  assert stats.relative_difference(np.int32(4), np.int32(3)) > 0

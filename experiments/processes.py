@@ -1,6 +1,6 @@
 """One command on several processes of JAX's multi-controller runtime, on one host or many.
 
-``examples/train_mesh.py --processes P`` runs its mesh over P processes (``jax.distributed``:
+``python -m examples.train_mesh --processes P`` runs its mesh over P processes (``jax.distributed``:
 a coordinator at process 0's address, gloo collectives between CPU devices):
 
 * :func:`launch` starts the P processes of the command on 127.0.0.1 (a free coordinator
