@@ -9,6 +9,7 @@ Hitting it fails the test with one message naming the command and its output so 
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shlex
@@ -64,6 +65,37 @@ def run(argv, *, env=None, cwd=ROOT) -> subprocess.CompletedProcess:
   except subprocess.TimeoutExpired as e:
     timed_out(argv, e.stdout, e.stderr)
     raise  # not reached
+
+
+# Runs a module as ``python -m`` does, once per argv, in one interpreter (so jax is imported
+# once); prints a JSON list of [exit status, stderr] after a marker line.
+RUN_EACH = """
+import contextlib, io, json, runpy, sys, traceback
+module, results = sys.argv[1], []
+for argv in json.loads(sys.argv[2]):
+  sys.argv, err, code = [module, *argv], io.StringIO(), 0
+  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    try:
+      runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+      code = e.code
+    except BaseException:
+      traceback.print_exc()
+      code = None
+  results.append([code, err.getvalue()])
+print("RUN_EACH_RESULTS", json.dumps(results), sep="\\n")
+"""
+
+
+def run_each(module: str, argvs: list[list[str]], env=None) -> list[tuple[int | None, str]]:
+  """(exit status, stderr) of ``python -m module *argv`` for each argv (None: an uncaught
+  exception, its traceback in stderr). One subprocess runs them all, each as ``python -m``
+  would (``runpy``), so a list of bad inputs costs one import of jax."""
+  argv = python("-c", RUN_EACH, module, json.dumps(argvs))
+  proc = run(argv, env=env)
+  _, marker, results = proc.stdout.rpartition("RUN_EACH_RESULTS\n")
+  assert proc.returncode == 0 and marker, proc.stdout + proc.stderr
+  return [(code, err) for code, err in json.loads(results)]
 
 
 def wait(proc: subprocess.Popen) -> int:

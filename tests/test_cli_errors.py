@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_stats, bench_step, scale_aot, summary
-from examples import quickstart, train_mesh
 from experiments import data, paper, records, tuned, verdict
 from experiments.studies import grouping, lr_sensitivity, saddle, vanishing
+from tests import commands
 from tests.generated_data import idx_bytes, write_idx_folder
 from tests.test_downloads import closed_port, set_remote
 
@@ -225,8 +225,7 @@ def test_download_into_an_unwritable_folder(tmp_path, capsys):
 
 
 MORE_COMMANDS = {"benchmarks.bench_stats": bench_stats.main, "benchmarks.summary": summary.main,
-                 "benchmarks.scale_aot": scale_aot.main, "examples.train_mesh": train_mesh.main,
-                 "examples/quickstart.py": quickstart.main}
+                 "benchmarks.scale_aot": scale_aot.main}
 EVERY_COMMAND = {**COMMANDS, **MORE_COMMANDS}
 
 
@@ -239,7 +238,6 @@ EVERY_COMMAND = {**COMMANDS, **MORE_COMMANDS}
     ("experiments.studies.lr_sensitivity", ["--methods", "foo"]),
     ("experiments.studies.saddle", ["--methods", "foo"]),
     ("experiments.studies.grouping", ["--methods", "foo"]),
-    ("examples.train_mesh", ["--method", "foo"]),
     ("benchmarks.scale_aot", ["--methods", "foo"]),
 ])
 def test_unknown_method_is_a_usage_error_everywhere(module, argv, capsys):
@@ -248,11 +246,6 @@ def test_unknown_method_is_a_usage_error_everywhere(module, argv, capsys):
 
 
 @pytest.mark.parametrize("module, argv, message", [
-    ("examples/quickstart.py", ["--bogus"], "unrecognized arguments: --bogus"),
-    ("examples/quickstart.py", ["--steps", "0"], "'0' must be a whole number of at least 1"),
-    ("examples/quickstart.py", ["--steps", "nan"], "'nan' must be a whole number"),
-    ("examples.train_mesh", ["--iters", "0"], "argument --iters: 0 must be at least 1"),
-    ("examples.train_mesh", ["--bogus"], "unrecognized arguments: --bogus"),
     ("benchmarks.bench_stats", ["--budget", "nan"], "nan must be a finite number of at least 0"),
     ("benchmarks.bench_stats", ["--reps", "-2"], "argument --reps: -2 must be at least 1"),
     ("benchmarks.bench_stats", ["--trees", "VGG"], "unknown tree 'VGG'"),
@@ -267,8 +260,7 @@ def test_unknown_method_is_a_usage_error_everywhere(module, argv, capsys):
 ])
 def test_usage_errors_of_the_other_commands(module, argv, message, capsys):
   code, err = one_line_error(EVERY_COMMAND[module], argv, capsys)
-  prog = module if module.endswith(".py") else f"-m {module}"
-  prog = f"python {prog}" + (f" {argv[0]}" if module == "experiments.tuned" else "")
+  prog = f"python -m {module}" + (f" {argv[0]}" if module == "experiments.tuned" else "")
   assert code == 2 and err.startswith(f"{prog}: error: ") and message in err, err
 
 
@@ -278,7 +270,6 @@ def test_usage_errors_of_the_other_commands(module, argv, message, capsys):
     ("benchmarks.bench_stats", ["--out", "/proc/x"]),
     ("benchmarks.summary", ["--out", "/proc/x/summary.md"]),
     ("benchmarks.scale_aot", ["--out", "/proc/x"]),
-    ("examples.train_mesh", ["--json", "/proc/x/mesh.json"]),
 ])
 def test_unwritable_outputs_of_the_other_commands(module, argv, capsys):
   code, err = one_line_error(EVERY_COMMAND[module], argv, capsys)
@@ -289,13 +280,12 @@ def test_unwritable_outputs_of_the_other_commands(module, argv, capsys):
     ("experiments.tuned", ["lenet", "--data-dir", "{none}"]),
     ("experiments.studies.vanishing", ["--data-dir", "{none}"]),
     ("experiments.studies.lr_sensitivity", ["--dataset", "mnist", "--data-dir", "{none}"]),
-    ("examples.train_mesh", ["--data-dir", "{none}"]),
 ])
 def test_missing_data_of_the_other_commands(module, argv, tmp_path, capsys):
   none = str(tmp_path / "none")
   argv = [none if arg == "{none}" else arg for arg in argv]
-  code, err = one_line_error(EVERY_COMMAND[module], argv + ["--out", str(tmp_path / "out")]
-                             if module != "examples.train_mesh" else argv, capsys)
+  code, err = one_line_error(EVERY_COMMAND[module], argv + ["--out", str(tmp_path / "out")],
+                             capsys)
   assert code == 1 and "not found" in err and none in err
 
 
@@ -329,15 +319,6 @@ def test_verdict_without_results(tmp_path, capsys):
   assert code == 1 and err.startswith(f"error: no folder {tmp_path / 'none'}")
 
 
-def test_quickstart_bogus_option_as_a_script():
-  root = Path(__file__).resolve().parents[1]
-  done = subprocess.run([sys.executable, "examples/quickstart.py", "--bogus"], cwd=root,
-                        capture_output=True, text=True, timeout=300)
-  assert done.returncode == 2 and done.stdout == ""
-  assert done.stderr == ("python examples/quickstart.py: error: unrecognized arguments: --bogus "
-                         "(see --help)\n")
-
-
 @pytest.mark.parametrize("kind", ["truncated run", "truncated checkpoint"])
 def test_a_study_names_a_damaged_resume_file(tmp_path, capsys, kind):
   out = tmp_path / "out"
@@ -354,24 +335,64 @@ def test_a_study_names_a_damaged_resume_file(tmp_path, capsys, kind):
   assert path.read_bytes() == content
 
 
-def test_mesh_example_offline_download(tmp_path, monkeypatch, capsys):
-  url = f"http://127.0.0.1:{closed_port()}/"
-  remote = data.DATASETS["fashion_mnist"].remote
-  set_remote(monkeypatch, "fashion_mnist", {name: r._replace(url=url + name)
-                                            for name, r in remote.items()})
-  code, err = one_line_error(train_mesh.main, ["--download", "--data-dir", str(tmp_path / "d")],
-                             capsys)
-  assert code == 1 and err.startswith(f"train_mesh: could not fetch {url}")
-  assert err.endswith("(or pass --synthetic)")
-
-
 @pytest.mark.parametrize("module, argv", [
     ("experiments.tuned", ["lenet", "--dataset", "mnist"]),
     ("experiments.studies.vanishing", ["--dataset", "mnist"]),
-    ("examples.train_mesh", []),
 ])
 def test_download_into_an_unwritable_folder_everywhere(module, argv, tmp_path, capsys):
-  out = [] if module == "examples.train_mesh" else ["--out", str(tmp_path)]
-  code, err = one_line_error(EVERY_COMMAND[module],
-                             argv + ["--download", "--data-dir", "/proc/x", *out], capsys)
+  code, err = one_line_error(EVERY_COMMAND[module], argv + [
+      "--download", "--data-dir", "/proc/x", "--out", str(tmp_path)], capsys)
   assert code == 1 and "/proc/x: cannot read or write there" in err
+
+
+def one_line(code: int | None, err: str) -> str:
+  """The stderr line of a failing command; asserts it is one line, with no traceback."""
+  assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, (code, err)
+  return err.strip()
+
+
+def test_the_quick_start_bad_input():
+  """``python -m examples.quickstart``: usage errors (exit 2, one line)."""
+  cases = [(["--bogus"], "unrecognized arguments: --bogus"),
+           (["--steps", "0"], "'0' must be a whole number of at least 1"),
+           (["--steps", "nan"], "'nan' must be a whole number")]
+  results = commands.run_each("examples.quickstart", [argv for argv, _ in cases])
+  for (_, message), (code, err) in zip(cases, results, strict=True):
+    line = one_line(code, err)
+    assert code == 2 and line.startswith("python examples/quickstart.py: error: "), line
+    assert message in line and line.endswith(" (see --help)"), line
+
+
+def test_quickstart_bogus_option_as_a_script():
+  done = commands.run(commands.python("examples/quickstart.py", "--bogus"))
+  assert done.returncode == 2 and done.stdout == ""
+  assert done.stderr == ("python examples/quickstart.py: error: unrecognized arguments: --bogus "
+                         "(see --help)\n")
+
+
+def test_the_mesh_example_bad_input(tmp_path):
+  """``python -m examples.train_mesh``: usage errors (exit 2), unwritable output, missing
+  data, a download into an unwritable folder and an offline download (exit 1), each one line.
+  The offline download goes through a proxy on a closed port."""
+  prog, none = "python -m examples.train_mesh", str(tmp_path / "none")
+  url = next(iter(data.DATASETS["fashion_mnist"].remote.values())).url
+  cases = [
+      (["--method", "foo"], 2, lambda e: "unknown" in e and ("'foo'" in e or " foo;" in e)),
+      (["--iters", "0"], 2, lambda e: e.startswith(f"{prog}: error: ")
+       and "argument --iters: 0 must be at least 1" in e),
+      (["--bogus"], 2, lambda e: e.startswith(f"{prog}: error: ")
+       and "unrecognized arguments: --bogus" in e),
+      (["--json", "/proc/x/mesh.json"], 2, lambda e: "cannot write" in e and "/proc/x" in e),
+      (["--data-dir", none], 1, lambda e: "not found" in e and none in e),
+      (["--download", "--data-dir", "/proc/x"], 1,
+       lambda e: "/proc/x: cannot read or write there" in e),
+      (["--download", "--data-dir", str(tmp_path / "d")], 1,
+       lambda e: e.startswith(f"train_mesh: could not fetch {url}")
+       and e.endswith("(or pass --synthetic)")),
+  ]
+  proxy = f"http://127.0.0.1:{closed_port()}"
+  env = commands.cpu_env(http_proxy=proxy, https_proxy=proxy, HTTP_PROXY=proxy,
+                         HTTPS_PROXY=proxy, no_proxy="", NO_PROXY="")
+  results = commands.run_each("examples.train_mesh", [argv for argv, _, _ in cases], env=env)
+  for (argv, want, check), (code, err) in zip(cases, results, strict=True):
+    assert code == want and check(one_line(code, err)), (argv, code, err)

@@ -1,5 +1,5 @@
 """Faults of ``python -m examples.train_mesh --processes 2`` (the launcher of
-``examples/mesh_processes.py``) and of processes started by hand: each ends with one line
+``experiments/processes.py``) and of processes started by hand: each ends with one line
 and a non-zero exit, and leaves no process behind.
 
 No test judges how long something took: promptness shows in what happened. A run that only
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from examples import mesh_processes, train_mesh
+from experiments import processes
 from tests import commands
 
 SMALL = ("--devices", "8", "--processes", "2", "--batch", "16", "--synthetic", "--mode", "dp")
@@ -60,13 +60,6 @@ def ended_by(pid: int) -> int | None:
 
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
-
-
-def test_json_folder_is_a_usage_error(tmp_path, capsys):
-  with pytest.raises(SystemExit) as exit_info:
-    train_mesh.parse_args(["--json", str(tmp_path)])
-  assert exit_info.value.code == 2
-  assert f"cannot write --json {tmp_path} (a folder)" in capsys.readouterr().err
 
 
 def test_bad_port_ends_the_command_with_one_line():
@@ -146,7 +139,7 @@ def test_a_killed_launcher_takes_its_processes_along():
 def test_a_process_started_by_hand_alone(process_id, message):
   """The multi-host recipe with the other process missing: one line after --timeout, where
   the runtime would abort with a C++ stack trace."""
-  port = mesh_processes.free_port()
+  port = processes.free_port()
   proc = commands.run(train_mesh_argv(*SMALL, "--process-id", str(process_id), "--coordinator",
                                       f"127.0.0.1:{port}", "--timeout", "2"),
                       env=commands.cpu_env())
@@ -155,7 +148,7 @@ def test_a_process_started_by_hand_alone(process_id, message):
 
 def test_a_process_started_by_hand_interrupted():
   """Ctrl-C to process 0 while it waits for its peer: one line, exit status 130."""
-  port = mesh_processes.free_port()
+  port = processes.free_port()
   argv = train_mesh_argv(*SMALL, "--process-id", "0", "--coordinator", f"127.0.0.1:{port}",
                          "--timeout", HEARTBEAT)
   proc = subprocess.Popen(argv, cwd=commands.ROOT, env=commands.cpu_env(),

@@ -10,9 +10,7 @@ runs are in ``test_multiprocess.py``.
 import json
 
 import numpy as np
-import pytest
 
-from examples import train_mesh
 from tests import commands
 
 ITERS = 3
@@ -38,14 +36,14 @@ def test_dp_and_fsdp_match_one_device_float64(tmp_path):
   assert f"{runs[1]['loss_mesh'][-1]:.7f}" in out  # the printed table is the same run
 
 
-@pytest.mark.parametrize("args,message", [
+USAGE_ERRORS = [
     (["--devices", "8", "--batch", "12"], "does not split over 8 devices"),
     (["--methods", "sgd,foo"], "unknown method"),
     (["--devices", "8", "--processes", "3"], "do not split over 3 processes"),
     (["--iters", "0"], "must be at least 1"),
     (["--step-tol", "-1"], "--step-tol must be > 0"),
     (["--processes", "2", "--process-id", "2", "--coordinator", "h:1"], "--process-id must"),
-    # The launcher's options (examples/mesh_processes.py; their faults: test_launcher_faults).
+    # The launcher's options (experiments/processes.py; their faults: test_launcher_faults).
     (["--processes", "2", "--port", "70000"], "argument --port: 70000 is not in 1..65535"),
     (["--processes", "2", "--port", "0"], "argument --port: 0 is not in 1..65535"),
     (["--processes", "2", "--fail-process", "2"], "--fail-process must be in 0..1"),
@@ -55,21 +53,13 @@ def test_dp_and_fsdp_match_one_device_float64(tmp_path):
     (["--processes", "2", "--process-id", "1", "--coordinator", "h:1", "--port", "5"],
      "--port is for the launcher"),
     (["--json", "/proc/no/such/folder/x.json"], "cannot write --json /proc/no/such/folder"),
-])
-def test_usage_errors(args, message, capsys):
-  with pytest.raises(SystemExit) as exit_info:
-    train_mesh.parse_args(args)
-  err = capsys.readouterr().err
-  assert exit_info.value.code == 2
-  assert message in err and len(err.strip().splitlines()) == 1, err
+]
 
 
-def test_relative_difference():
-  assert train_mesh.relative([3.0, 4.0], [3.0, 4.0]) == 0.0
-  assert train_mesh.relative([3.0, 5.0], [3.0, 4.0]) == pytest.approx(1 / 5)
-  # Parameter updates: the difference relative to the step, not to the parameters.
-  assert train_mesh.relative([1.1], [1.2], scale=np.array([0.2])) == pytest.approx(0.5)
-  assert train_mesh.relative([0.0], [0.0]) == 0.0
-  assert train_mesh.relative([1e-30], [0.0]) == float("inf")
-  assert train_mesh.relative(np.int32(3), np.int32(3)) == 0.0
-  assert train_mesh.relative(np.int32(4), np.int32(3)) > 0
+def test_usage_errors(tmp_path):
+  """Each bad input ends ``python -m examples.train_mesh`` with exit status 2 and one line."""
+  cases = [*USAGE_ERRORS, (["--json", str(tmp_path)], f"cannot write --json {tmp_path} (a folder)")]
+  results = commands.run_each("examples.train_mesh", [args for args, _ in cases])
+  for (args, message), (code, err) in zip(cases, results, strict=True):
+    assert code == 2, (args, err)
+    assert message in err and len(err.strip().splitlines()) == 1, (args, err)
