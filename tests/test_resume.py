@@ -8,17 +8,14 @@ uninterrupted run bit for bit. A write that fails halfway leaves the previous fi
 import json
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from experiments import paper, records
+from tests import commands
 from tests.generated_data import write_idx_folder
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +52,16 @@ def uninterrupted(idx_folder, tmp_path_factory):
   return saved_runs(out)
 
 
-def kill_when(process: subprocess.Popen, ready, timeout: float = 120) -> None:
-  """SIGKILLs ``process`` as soon as ``ready()`` holds."""
-  deadline = time.monotonic() + timeout
-  while not ready():
-    assert process.poll() is None, process.communicate()
-    assert time.monotonic() < deadline, "the run never reached the point to kill it at"
-    time.sleep(0.001)
+def kill_when(process: subprocess.Popen, ready, what: str) -> None:
+  """SIGKILLs ``process`` as soon as ``ready()`` holds (``what`` names that point); fails the
+  test if the run ends first, or if the point never comes within the tests' limit."""
+  def reached():
+    if ready():
+      return True
+    assert process.poll() is None, f"the run ended before {what}: {process.communicate()}"
+    return None
+
+  commands.poll_until(reached, what, interval=0.001)
   process.send_signal(signal.SIGKILL)
   process.wait()
 
@@ -69,16 +69,17 @@ def kill_when(process: subprocess.Popen, ready, timeout: float = 120) -> None:
 def test_sigkill_during_checkpoint_writes_resumes_bit_identically(idx_folder, uninterrupted,
                                                                   tmp_path):
   out = tmp_path / "out"
-  command = [sys.executable, "-m", "experiments.paper", *argv(idx_folder, out)]
+  command = commands.python("-m", "experiments.paper", *argv(idx_folder, out))
   # Kill 1: while a checkpoint's temporary file is being written (checkpoints every step).
   # Kill 2: after the first run finished, while a later one writes its checkpoints.
-  points = [lambda: any(out.glob("runs/*/*.tmp.npz")),
-            lambda: len(list(out.glob("runs/*/*.json"))) >= 1
-            and any(out.glob("runs/*/*.ckpt.npz"))]
-  for ready in points:
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+  points = [("a checkpoint's temporary file", lambda: any(out.glob("runs/*/*.tmp.npz"))),
+            ("a finished run and a later run's checkpoint",
+             lambda: len(list(out.glob("runs/*/*.json"))) >= 1
+             and any(out.glob("runs/*/*.ckpt.npz")))]
+  for what, ready in points:
+    process = subprocess.Popen(command, cwd=commands.ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
-    kill_when(process, ready)
+    kill_when(process, ready, what)
   assert len(list(out.glob("runs/*/*.json"))) < 2  # killed before the end
   paper.main(argv(idx_folder, out))
   assert_same_runs(saved_runs(out), uninterrupted)
