@@ -13,6 +13,7 @@ import pytest
 
 import layerwise_optax
 from docs.public_api import missing_names
+from tests import commands
 
 ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs"
@@ -141,12 +142,21 @@ def test_the_commands_are_found():
       _modules_named())
 
 
-@pytest.mark.parametrize("module", _modules_named())
+@pytest.mark.parametrize("module", [m for m in _modules_named() if not m.startswith("examples.")])
 def test_every_python_module_named_answers_help(module, capsys):
   with pytest.raises(SystemExit) as exit_info:
     importlib.import_module(module).main(["--help"])
   assert exit_info.value.code == 0
   assert capsys.readouterr().out.startswith("usage: ")
+
+
+def test_every_example_named_answers_help():
+  """The examples run as commands (nothing outside examples/ imports them)."""
+  examples = [m for m in _modules_named() if m.startswith("examples.")]
+  assert examples
+  for module in examples:
+    proc = commands.run(commands.python("-m", module, "--help"))
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: "), proc.stdout + proc.stderr
 
 
 def _github_anchor(heading: str) -> str:
