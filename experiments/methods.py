@@ -6,10 +6,10 @@ A method name is a base update rule, optionally with a suffix, or a peer:
   (weight decay added to the gradient first, Caffe's order) and ``adamw`` (decoupled weight
   decay, Loshchilov & Hutter);
 * ``+layer``: the factor of eq. 9 per layer, ``f_l = 1 + log(1 + 1/||g_l||)``;
-* ``+relative``: ``r_l = f_l / mean_k f_k`` in its place (:mod:`experiments.relative`: the
-  redistribution across layers without the global boost, every layer counting once);
-* ``+weighted``: ``f_l / sum_k (n_k / N) f_k`` with ``n_k`` the parameters of layer ``k``:
-  the parameter-weighted mean factor is 1 at every step (the library's ``relative=True``);
+* ``+relative``: ``f_l / sum_k (n_k / N) f_k`` in its place, with ``n_k`` the parameters of
+  layer ``k`` and ``N`` their total (the library's ``relative=True``): the parameter-weighted
+  mean factor is 1 at every step, so only the redistribution across layers remains, without
+  the factor's global boost;
 * peers (:data:`PEERS`): ``optax.lars`` and ``optax.lamb`` (layer-wise trust ratios as optax
   ships them), ``lars`` and ``lamb`` (the library's, as their users run them: no ratio and
   no decay for 1-D arrays, one ratio per slice of a stacked block).
@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -72,13 +73,11 @@ import optax
 
 import layerwise_optax as lo
 
-from . import relative
 from .configs import EXTRA_METHODS, METHODS, Schedule, Solver
 
-# The suffixes of a base: the factor of eq. 9, its layer-relative form (the factors divided
-# by their mean over layers), and the parameter-weighted relative form (divided by their mean
-# weighted by each layer's parameter count, the library's ``relative=True``).
-SUFFIXES = ("layer", "relative", "weighted")
+# The suffixes of a base: the factor of eq. 9 and its layer-relative form (the factors divided
+# by their mean weighted by each layer's parameter count, the library's ``relative=True``).
+SUFFIXES = ("layer", "relative")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,33 +239,20 @@ PEERS: dict[str, Callable[[Recipe], Optimizer]] = {
 }
 
 
-def layer_factor(r: Recipe, around: optax.GradientTransformation | None = None):
-  """``+layer``: the factor of eq. 9 chained before a momentum rule (``around`` None) or
-  multiplying the step of ``around``."""
+def layer_factor(r: Recipe, around: optax.GradientTransformation | None = None,
+                 relative: bool = False):
+  """``+layer`` (``+relative`` with ``relative``): the factor of eq. 9 chained before a
+  momentum rule (``around`` None) or multiplying the step of ``around``."""
   if around is None:
-    return lo.scale_by_layerwise_lr(r.layers, r.stacked, keep_stats=r.keep_stats)
-  return lo.with_layerwise_lr(around, r.layers, r.stacked, keep_stats=r.keep_stats)
-
-
-def relative_factor(r: Recipe, around: optax.GradientTransformation | None = None):
-  """``+relative``: the factors divided by their mean over layers (every layer counting
-  once), placed as :func:`layer_factor`."""
-  if around is None:
-    return relative.scale_by_relative_layerwise_lr(r.layers, r.stacked)
-  return relative.with_relative_layerwise_lr(around, r.layers, r.stacked)
-
-
-def weighted_factor(r: Recipe, around: optax.GradientTransformation | None = None):
-  """``+weighted``: the factors divided by their parameter-weighted mean, so the mean factor
-  over parameters is 1 at every step (the library's ``relative=True``)."""
-  if around is None:
-    return lo.scale_by_layerwise_lr(r.layers, r.stacked, keep_stats=r.keep_stats, relative=True)
+    return lo.scale_by_layerwise_lr(r.layers, r.stacked, keep_stats=r.keep_stats,
+                                    relative=relative)
   return lo.with_layerwise_lr(around, r.layers, r.stacked, keep_stats=r.keep_stats,
-                              relative=True)
+                              relative=relative)
 
 
 # Suffix -> how it wraps a base. One entry adds a suffix to every base.
-WRAPPERS = {"layer": layer_factor, "relative": relative_factor, "weighted": weighted_factor}
+WRAPPERS = {"layer": layer_factor,
+            "relative": functools.partial(layer_factor, relative=True)}
 
 
 def names(bases: Any = None) -> list[str]:

@@ -67,17 +67,6 @@ import optax
 from experiments import cli, data, engine, methods, models, report, shakespeare, tuning
 from experiments.methods import Optimizer, Recipe
 
-
-def registry_name(method: str) -> str:
-  """The registry's name of a tuned comparison's ``method``: ``+relative`` here is the form
-  that isolates the redistribution, the factors divided by their parameter-weighted mean
-  (the library's ``relative=True``, so the mean factor over parameters is 1 at every step),
-  which the registry calls ``+weighted`` while its ``+relative`` weighs every layer once."""
-  if method.endswith("+relative") and "weighted" in methods.SUFFIXES:
-    return method.removesuffix("+relative") + "+weighted"
-  return method
-
-
 # --- lenet: Caffe's lenet_solver ---------------------------------------------------------------
 
 LENET_MODEL = models.LeNet()
@@ -87,7 +76,7 @@ LENET_SOLVER = methods.CaffeOptimizer("mnist", LENET_MODEL)
 def lenet_optimizer(method: str, lr: Any, iters: int, params: Any) -> Optimizer:
   """``method`` under ``lenet_solver`` with base learning rate ``lr`` (Caffe's order: weight
   decay into the gradient, then the factor, then the update rule)."""
-  return LENET_SOLVER(registry_name(method), lr, iters, params)
+  return LENET_SOLVER(method, lr, iters, params)
 
 
 # --- resnet: warm-up and cosine decay, weight decay in the gradient ----------------------------
@@ -113,7 +102,7 @@ def resnet_schedule(lr: Any, iters: int) -> optax.Schedule:
 
 def resnet_optimizer(method: str, lr: Any, iters: int, params: Any) -> Optimizer:
   del params
-  return methods.build(registry_name(method), Recipe(resnet_schedule(lr, iters),
+  return methods.build(method, Recipe(resnet_schedule(lr, iters),
                                                      RESNET_MOMENTUM, RESNET_WEIGHT_DECAY))
 
 
@@ -137,7 +126,7 @@ def charlm_optimizer(method: str, lr: Any, iters: int, params: Any) -> Optimizer
   del params
   shape = optax.warmup_cosine_decay_schedule(
       0.0, 1.0, max(1, round(CHARLM_WARMUP * iters)), iters, CHARLM_FINAL)
-  unit = methods.build(registry_name(method), Recipe(
+  unit = methods.build(method, Recipe(
       shape, weight_decay=0.1, b2=0.95, decay_mask=decay_mask, stacked=CHARLM_STACKED))
   return Optimizer(optax.chain(unit.tx, optax.scale(lr)), unit.seen)
 

@@ -28,7 +28,7 @@ def registered(monkeypatch):
 
 
 def test_registries_list_them(registered):
-  assert {"gd", "gd+layer", "gd+relative", "gd+weighted"} <= set(methods.names())
+  assert {"gd", "gd+layer", "gd+relative"} <= set(methods.names())
   assert "tiny_images" in tuned.datasets_of("images") and "tiny_images" in paper.image_datasets()
   params = {"w": np.ones(3, np.float32)}
   tx = methods.build("gd", methods.Recipe(0.5)).tx
@@ -49,11 +49,11 @@ def test_tuned_comparison_runs_them(registered, tmp_path):
 
 def test_paper_protocol_runs_them(registered, tmp_path):
   out = tmp_path / "paper"
-  results = paper.main(["--dataset", "tiny_images", "--methods", "gd,gd+weighted", "--seeds", "1",
+  results = paper.main(["--dataset", "tiny_images", "--methods", "gd,gd+relative", "--seeds", "1",
                         "--iters", "5", "--batch-size", "8", "--no-plots", "--no-progress",
                         "--out", str(out)])
-  assert set(results) == {"gd", "gd+weighted"}
-  assert results["gd+weighted"]["factor"].shape == (1, 5, 4)
+  assert set(results) == {"gd", "gd+relative"}
+  assert results["gd+relative"]["factor"].shape == (1, 5, 4)
   assert np.isfinite(results["gd"]["test_error"]).all()
   assert json.loads((out / "results.json").read_text())["config"]["dataset"] == "tiny_images"
 
