@@ -126,7 +126,8 @@ def test_performance_docs_stats_table_has_the_committed_ratios():
   trees = {"4x4096² float32": "4x4096^2 f32", "ResNet-50": "ResNet-50",
            "transformer x24": "transformer x24"}
   families = {"`lo.sgd`": "sgd", "`lo.sgd` Nesterov": "nesterov", "`lo.adagrad`": "adagrad",
-              "`with_layerwise_lr(optax.adam)`": "adam"}
+              "`with_layerwise_lr(optax.adam)`": "adam", "`lo.lars`": "lars",
+              "`lo.lamb`": "lamb"}
   text = (ROOT / "docs" / "performance.md").read_text()
   [table] = [t for t in tables(text) if t[0].startswith("| tree | optimizer | plain ms |")]
   assert len(table) == 2 + len(ms)
@@ -135,7 +136,32 @@ def test_performance_docs_stats_table_has_the_committed_ratios():
     key = (trees[tree], families[family])
     assert plain == f"{ms[key]:.2f}"
     assert kept == f"{ratio[(*key, 'keep_stats')]:.3f}"
-    assert beside == f"{ratio[(*key, 'beside')]:.3f}"
+    expected_beside = ratio.get((*key, "beside"))
+    assert beside == ("-" if expected_beside is None else f"{expected_beside:.3f}")
+
+
+def _span(values, digits):
+  return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
+
+
+def test_performance_docs_trust_ratio_prose_has_the_committed_ratios():
+  rows = json.loads((ROOT / "results" / "bench" / "cpu.json").read_text())["rows"]
+  ratio = {(r["tree"], r["method"]): r["ratio"] for r in rows if r["ratio"] is not None}
+  large = ("4x4096^2 f32", "ResNet-50", "transformer x24")
+  lars = [ratio[(tree, "ours lars")] for tree in large]
+  optax_lars = [ratio[(tree, "optax lars")] for tree in large]
+  lamb = [ratio[(tree, "ours lamb")] for tree in (*large, "4x4096^2 bf16")]
+  norm = [ratio[(tree, "norm pass only")] for tree in large]
+  text = (ROOT / "docs" / "performance.md").read_text()
+  section = text[text.index("## Trust ratios"):text.index("## Not done yet")]
+  assert f"**{_span(lars, 2)}x** a momentum-SGD step" in section
+  assert f"**{_span(optax_lars, 1)}x**" in section
+  faster = [o / ours for o, ours in zip(optax_lars, lars)]
+  assert f"{_span(faster, 1)}x faster than `optax.lars`" in section
+  assert f"**{_span(lamb, 2)}x** `optax.lamb`" in section
+  assert f"{_span(norm, 2)}x of an SGD step" in section
+  floor = [1 + 2 * n for n in norm]
+  assert f"1 + 2 x norm pass: {_span(floor, 2)}x" in section
 
 
 def test_scale_out_docs_table_has_the_committed_figures():
