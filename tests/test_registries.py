@@ -39,7 +39,8 @@ def test_registries_list_them(registered):
 def test_tuned_comparison_runs_them(registered, tmp_path):
   out = tmp_path / "tuned"
   tuned.main(["lenet", "--dataset", "tiny_images", "--methods", "gd+layer", "--val-size", "16",
-              "--iters", "4", "--seeds", "2", "--workers", "1", "--no-plots", "--out", str(out)])
+              "--iters", "4", "--seeds", "2", "--grid-seeds", "1", "--coarse-iters", "0",
+              "--workers", "1", "--no-plots", "--out", str(out)])
   results = json.loads((out / "results.json").read_text())
   assert list(results["methods"]) == ["gd+layer", "gd"]  # its baseline added
   assert results["methods"]["gd+layer"]["baseline"] == "gd"
