@@ -136,7 +136,8 @@ def test_tree_map_params_with_transform_non_params_gives_the_states_structure(na
   assert kinds.count("param") == n_param_trees * n_params
   assert kinds.count("other") == len(kinds) - n_param_trees * n_params
   # Zipped leaf by leaf with the state, as a tree of shardings is.
-  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("x",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   shardings = jax.tree.map(lambda _: sharding, mapped)
   placed = jax.tree.map(jax.device_put, state, shardings)
   _assert_same_state(placed, state)
