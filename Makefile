@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test test-thorough test-lowest package-check demo demo-full data bench docs docs-screenshots clean
+.PHONY: test test-thorough package-check demo demo-full data bench docs docs-screenshots clean
 
 # uv installs the same packages about 4x faster than pip (18 s against 69 s here); pip
 # (with its own configuration, e.g. local wheels) if uv cannot be had or fails.
@@ -16,14 +16,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Lint; type check (and every public name's type known); the tests and the doctests
-# (pyproject's pytest options) on the newest releases (the venv); the library's tests and
-# doctests on the lowest versions pyproject.toml declares; the built wheel and sdist.
+# (pyproject's pytest options) on the newest releases (the venv); the built wheel and sdist,
+# with the sdist's tests against the wheel on the lowest versions pyproject.toml declares.
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pyright --pythonpath $(PY) layerwise_optax
 	PYTHONPATH=. $(PY) -m pyright --pythonpath $(PY) --verifytypes layerwise_optax --ignoreexternal
 	$(PY) -m pytest -q -n auto --dist worksteal
-	.ci/test_lowest.sh
 	.ci/check_package.sh
 
 # The property tests' thorough profile: 10,500 new random cases (`make test` runs the same
@@ -31,9 +30,6 @@ test: $(VENV)/.installed
 test-thorough: $(VENV)/.installed
 	LAYERWISE_OPTAX_PROPERTIES=thorough $(PY) -m pytest -q -n auto -p no:cacheprovider \
 	  tests/test_core_properties.py
-
-test-lowest: $(VENV)/.installed
-	.ci/test_lowest.sh
 
 package-check: $(VENV)/.installed
 	.ci/check_package.sh

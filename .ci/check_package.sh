@@ -9,10 +9,17 @@
 # their helpers, and nothing of the experiment harness. Installs the wheel (not editable, no
 # extras) into a fresh virtual environment, outside the repository so the source tree cannot
 # be imported instead; imports it there with no Flax installed; installs Flax, as a user
-# following the quick start would, and runs examples/quickstart.py against the wheel; then
-# installs the `test` extra, as a packager would, and runs the sdist's tests from the unpacked
-# sdist, with its copy of the package removed so that only the wheel can be imported.
+# following the quick start would, and runs examples/quickstart.py against the wheel.
 # Python: the venv's, or PACKAGE_PYTHON (e.g. another version the classifiers name).
+#
+# Then the library's tests on the lowest versions pyproject.toml declares, as a packager runs
+# them: a second fresh environment gets the wheel with its runtime requirements at their
+# floors (`uv pip install --resolution lowest-direct`, checked against the declared floors)
+# and the newest pytest, pytest-xdist and hypothesis that fit, and runs the sdist's tests
+# from the unpacked sdist, its copy of the package removed so that only the wheel can be
+# imported, with the installed package's doctests. Tests that need Flax, equinox or orbax
+# skip there (`make test` runs them on the newest releases, from the source tree). Python:
+# the venv's (3.11, the declared floor), or LOWEST_PYTHON.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 uv=${UV:-$(command -v "$repo/.venv/bin/uv" || command -v uv || echo uv)}
@@ -121,10 +128,29 @@ PY
 cp "$repo/examples/quickstart.py" "$work/"
 "$py" quickstart.py
 
-# The sdist's tests, from the unpacked sdist, against the wheel with the `test` extra.
-"$uv" pip install -q --python "$py" "$wheel[test]"
+# The sdist's tests and the wheel's doctests on the lowest declared versions.
+"$uv" venv -q --python "${LOWEST_PYTHON:-$repo/.venv/bin/python}" "$work/lowest"
+py=$work/lowest/bin/python
+"$uv" pip install -q --python "$py" --resolution lowest-direct -r "$repo/pyproject.toml" "$wheel"
+"$uv" pip install -q --python "$py" pytest pytest-xdist hypothesis
+"$py" - "$repo/pyproject.toml" <<'PY'
+import importlib.metadata as md, sys
+from packaging.requirements import Requirement
+from packaging.version import Version
+import tomllib
+rows = []
+for dep in tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]:
+  req = Requirement(dep)
+  (floor,) = [s.version for s in req.specifier if s.operator == ">="]
+  got = md.version(req.name)
+  if Version(got) != Version(floor):
+    sys.exit(f"check_package: {req.name} resolved to {got}, not its declared floor {floor}")
+  rows.append(f"{req.name} {got}")
+print(f"lowest versions: Python {sys.version.split()[0]}, " + ", ".join(rows))
+PY
 mkdir "$work/sdist" && tar -xzf "$sdist" -C "$work/sdist"
 cd "$work"/sdist/layerwise_optax-*/
 rm -r layerwise_optax
-"$py" -c 'import layerwise_optax as lo; assert "site-packages" in lo.__file__, lo.__file__'
-"$py" -m pytest -q -p no:cacheprovider -n "${PACKAGE_TEST_WORKERS:-auto}" tests
+installed=$("$py" -c 'import layerwise_optax as lo, os; print(os.path.dirname(lo.__file__))')
+[[ $installed == */site-packages/layerwise_optax ]] || { echo "check_package: imported $installed, not the wheel" >&2; exit 1; }
+"$py" -m pytest -q -p no:cacheprovider -n "${PACKAGE_TEST_WORKERS:-auto}" tests "$installed"
