@@ -1,11 +1,13 @@
 """JAX's multi-controller runtime on one machine: 2 processes of 4 simulated CPU devices each
 (8 global, a coordinator on 127.0.0.1, gloo collectives).
 
-* ``python -m examples.train_mesh --processes 2`` (the launcher) trains LeNet data parallel
-  and FSDP with the layer-wise AdaGrad (its history is the state most sensitive to the order
-  of the sums) in float64: each step from the mesh's state, and the free-running loss
-  curves, within 1e-10 (relative) of one device's. The layer-wise SGD is test_train_mesh's
-  (one process) and, with Nesterov, the recipe's below.
+* ``python -m examples.train_mesh --processes 2`` (the launcher) trains LeNet FSDP (batch,
+  parameters and optimizer state split over the 8 devices of both processes) with the
+  layer-wise AdaGrad (its history is the state most sensitive to the order of the sums) in
+  float64: each step from the mesh's state, and the free-running loss curves, within 1e-10
+  (relative) of one device's. FSDP splits the batch as data parallel does, so the gradient
+  mean across processes is in it; data parallel itself (replicated state) and the layer-wise
+  SGD are test_train_mesh's (one process, float64).
 * The multi-host recipe of docs/scale_out.md, its two commands started by hand (Nesterov,
   FSDP, float64): process 0's report holds the report only (the runtime's own messages go to
   stderr) and agrees with one device to 1e-10.
@@ -38,15 +40,14 @@ RUNTIME_LINE = re.compile(r"\[Gloo\]|^[IWEF]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)
 def test_launcher_matches_one_device_in_float64(tmp_path):
   proc = commands.run(commands.python(
       "-m", "examples.train_mesh", "--devices", "8", "--processes", "2", "--batch", "16",
-      "--synthetic", "--iters", str(ITERS), "--x64", "--mode", "both", "--methods",
+      "--synthetic", "--iters", str(ITERS), "--x64", "--mode", "fsdp", "--methods",
       ",".join(METHODS), "--json", str(tmp_path / "mesh.json")),
       env=commands.cpu_env(optimized=True))
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert "float64" in proc.stdout and "mesh of 8 cpu devices in 2 process(es)" in proc.stdout
   assert not RUNTIME_LINE.search(proc.stdout + proc.stderr), proc.stdout + proc.stderr
   runs = json.loads((tmp_path / "mesh.json").read_text())["runs"]
-  assert [(r["method"], r["mode"]) for r in runs] == [
-      (method, mode) for method in METHODS for mode in ("dp", "fsdp")]
+  assert [(r["method"], r["mode"]) for r in runs] == [(method, "fsdp") for method in METHODS]
   for run in runs:
     assert run["kept"], run  # parameters and optimizer state kept their shardings
     assert max(run["step"].values()) <= X64_TOL, run  # each step from the mesh's state
