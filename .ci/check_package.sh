@@ -6,18 +6,18 @@
 # `Requires-Python` floor on, keywords, licence), and the file lists: the wheel holds every file
 # git tracks in layerwise_optax/ and nothing else; the sdist holds those, LICENSE, README.md,
 # CHANGELOG.md, CITATION.cff, and the library's tests (every tracked tests/test_core_*.py) with
-# their helpers, and nothing of the experiment harness. Installs the wheel (not editable, no
-# extras) into a fresh virtual environment, outside the repository so the source tree cannot
-# be imported instead; imports it there with no Flax installed; installs Flax, as a user
-# following the quick start would, and runs examples/quickstart.py against the wheel.
-# Python: the venv's, or PACKAGE_PYTHON (e.g. another version the classifiers name).
+# their helpers, and nothing of the experiment harness. Installs the wheel (not editable) and
+# Flax into a fresh virtual environment outside the repository, as a user following the
+# quick start would, and runs examples/quickstart.py there against the wheel. Python: the
+# venv's, or PACKAGE_PYTHON (e.g. another version the classifiers name).
 #
-# Then the library's tests on the lowest versions pyproject.toml declares, as a packager runs
-# them: a second fresh environment gets the wheel with its runtime requirements at their
+# Then the library on the lowest versions pyproject.toml declares, as a packager tests it: a
+# second fresh environment gets the wheel (no extras) with its runtime requirements at their
 # floors (`uv pip install --resolution lowest-direct`, checked against the declared floors)
-# and the newest pytest, pytest-xdist and hypothesis that fit, and runs the sdist's tests
-# from the unpacked sdist, its copy of the package removed so that only the wheel can be
-# imported, with the installed package's doctests. Tests that need Flax, equinox or orbax
+# and the newest pytest, pytest-xdist and hypothesis that fit; the wheel imports there
+# without Flax and takes one step of eq. 9; the sdist's tests run from the unpacked sdist,
+# its copy of the package removed so that only the wheel can be imported, with the
+# installed package's doctests. Tests that need Flax, equinox or orbax
 # skip there (`make test` runs them on the newest releases, from the source tree). Python:
 # the venv's (3.11, the declared floor), or LOWEST_PYTHON.
 set -euo pipefail
@@ -110,20 +110,6 @@ PY
 py=$work/venv/bin/python
 "$uv" pip install -q --python "$py" "$wheel"
 cd "$work"
-"$py" - "$version" <<'PY'
-import importlib.metadata as md, importlib.util, math, sys
-import jax.numpy as jnp
-import layerwise_optax as lo
-assert "site-packages" in lo.__file__, f"imported {lo.__file__}, not the installed wheel"
-assert lo.__version__ == md.version("layerwise_optax") == sys.argv[1], lo.__version__
-assert importlib.util.find_spec("flax") is None, "flax is installed without being asked for"
-params = {"w": jnp.full((3,), 2.0)}
-tx = lo.sgd(0.1)
-updates, _ = tx.update({"w": jnp.full((3,), 1e-3)}, tx.init(params), params)
-expected = -0.1 * 1e-3 * (1 + math.log1p(1 / (math.sqrt(3) * 1e-3)))  # eq. 9, ||g|| = 1.7e-3
-assert abs(float(updates["w"][0]) / expected - 1) < 1e-5, (updates, expected)
-print(f"wheel {lo.__version__} imports without Flax; sgd step {float(updates['w'][0]):.6f}")
-PY
 "$uv" pip install -q --python "$py" flax
 cp "$repo/examples/quickstart.py" "$work/"
 "$py" quickstart.py
@@ -133,11 +119,23 @@ cp "$repo/examples/quickstart.py" "$work/"
 py=$work/lowest/bin/python
 "$uv" pip install -q --python "$py" --resolution lowest-direct -r "$repo/pyproject.toml" "$wheel"
 "$uv" pip install -q --python "$py" pytest pytest-xdist hypothesis
-"$py" - "$repo/pyproject.toml" <<'PY'
-import importlib.metadata as md, sys
+"$py" - "$repo/pyproject.toml" "$version" <<'PY'
+import importlib.metadata as md, importlib.util, math, os, sys
 from packaging.requirements import Requirement
 from packaging.version import Version
 import tomllib
+os.chdir("/")  # outside the repository: only the installed wheel can be imported
+import jax.numpy as jnp
+import layerwise_optax as lo
+assert "site-packages" in lo.__file__, f"imported {lo.__file__}, not the installed wheel"
+assert lo.__version__ == md.version("layerwise_optax") == sys.argv[2], lo.__version__
+assert importlib.util.find_spec("flax") is None, "flax is installed without being asked for"
+params = {"w": jnp.full((3,), 2.0)}
+tx = lo.sgd(0.1)
+updates, _ = tx.update({"w": jnp.full((3,), 1e-3)}, tx.init(params), params)
+expected = -0.1 * 1e-3 * (1 + math.log1p(1 / (math.sqrt(3) * 1e-3)))  # eq. 9, ||g|| = 1.7e-3
+assert abs(float(updates["w"][0]) / expected - 1) < 1e-5, (updates, expected)
+print(f"wheel {lo.__version__} imports without Flax; sgd step {float(updates['w'][0]):.6f}")
 rows = []
 for dep in tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]:
   req = Requirement(dep)
