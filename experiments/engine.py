@@ -109,7 +109,7 @@ def eval_windows(tokens: np.ndarray, context: int, count: int, chunk: int) -> np
 @dataclasses.dataclass(frozen=True)
 class Images:
   """Image classification on :class:`experiments.data.ImageData`: ``batch`` images per step,
-  error (%) scored ``eval_chunk`` images at a time."""
+  error (%) scored ``eval_chunk`` images at a time (a smaller split in one chunk)."""
 
   batch: int
   eval_chunk: int = 500
@@ -121,9 +121,12 @@ class Images:
   def on_device(self, dataset) -> tuple[tuple, tuple, tuple]:
     """(train images, labels), and the validation and test splits padded to the chunk."""
     return ((jnp.asarray(dataset.train_x), jnp.asarray(dataset.train_y)),
-            tuple(jnp.asarray(a) for a in padded(dataset.val_x, dataset.val_y, self.eval_chunk)),
-            tuple(jnp.asarray(a) for a in padded(dataset.test_x, dataset.test_y,
-                                                  self.eval_chunk)))
+            *(tuple(jnp.asarray(a) for a in padded(x, y, self.chunk(len(y))))
+              for x, y in ((dataset.val_x, dataset.val_y), (dataset.test_x, dataset.test_y))))
+
+  def chunk(self, n: int) -> int:
+    """Images scored at a time in a split of ``n`` (padded to a multiple of it)."""
+    return max(1, min(self.eval_chunk, n))
 
   def order(self, dataset, seed: int, iters: int) -> np.ndarray:
     return make_order(seed, dataset.train_x.shape[0], iters, self.batch)
@@ -136,7 +139,7 @@ class Images:
   def score(self, apply: Callable, split: tuple) -> jax.Array:
     """Error (%) over labels >= 0 of the padded split, ``eval_chunk`` images at a time."""
     images, labels = split
-    chunk = self.eval_chunk
+    chunk = self.chunk(labels.shape[0])  # the padded length: the split's own chunk
 
     def wrong(batch):
       x, y = batch

@@ -37,6 +37,21 @@ def dataset(data_dir):
   return data.load_held_out("fashion_mnist", str(data_dir), (N_TRAIN, N_TEST), N_VAL)
 
 
+def test_error_is_the_same_whatever_the_chunk(dataset):
+  """A split is scored in chunks of eval_chunk images, one chunk when it is smaller; the
+  padding never counts."""
+  model = tuned.LENET_MODEL
+  params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  apply = lambda x: model.apply(params, x, train=False)
+  predicted = np.argmax(np.asarray(apply(jnp.asarray(dataset.val_x))), -1)
+  want = 100.0 * float(np.mean(predicted != dataset.val_y))
+  for eval_chunk, padded_to in ((500, N_VAL), (N_VAL, N_VAL), (5, 20), (1, N_VAL)):
+    kind = engine.Images(batch=8, eval_chunk=eval_chunk)
+    _, (images, labels), _ = kind.on_device(dataset)
+    assert labels.shape == (padded_to,) and int(jnp.sum(labels >= 0)) == N_VAL
+    assert float(kind.score(apply, (images, labels))) == pytest.approx(want, abs=1e-4)
+
+
 def test_validation_split_is_the_last_training_images(data_dir, dataset):
   raw = write_idx_folder(data_dir / "again", N_TRAIN, N_TEST)
   train_images, train_labels = raw["train"]
