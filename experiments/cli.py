@@ -35,14 +35,20 @@ class Parser(argparse.ArgumentParser):
 
 def reports_errors(main):
   """Wraps a command's ``main``: an :class:`InputError` becomes one stderr line and exit
-  status 1 (2 for a :class:`UsageError`)."""
+  status 1; a :class:`UsageError` exits 2 with a line like argparse's (the command, ``error:``,
+  the message, ``(see --help)``)."""
   @functools.wraps(main)
   def wrapper(*args, **kwargs):
     try:
       return main(*args, **kwargs)
+    except UsageError as e:
+      module = sys.modules.get(main.__module__)
+      name = getattr(getattr(module, "__spec__", None), "name", main.__module__)  # -m: __main__
+      print(f"python -m {name}: error: {e} (see --help)", file=sys.stderr)
+      sys.exit(2)
     except InputError as e:
       print(f"error: {e}", file=sys.stderr)
-      sys.exit(2 if isinstance(e, UsageError) else 1)
+      sys.exit(1)
   return wrapper
 
 

@@ -48,6 +48,14 @@ def test_help(module, capsys):
   assert capsys.readouterr().out.startswith(f"usage: python -m {module} ")
 
 
+def test_a_usage_error_found_after_parsing_reads_like_argparse(capsys):
+  """A bad value only a registry can judge (exit 2) is worded as argparse words its own."""
+  code, err = one_line_error(tuned.main, ["lenet", "--methods", "sgd,foo"], capsys)
+  assert code == 2 and err.startswith("python -m experiments.tuned: error: unknown method foo; "
+                                      "use some of sgd, "), err
+  assert err.endswith(" (see --help)"), err
+
+
 def test_python_dash_m_runs_from_the_repository_root():
   root = Path(__file__).resolve().parents[1]
   done = subprocess.run([sys.executable, "-m", "experiments.paper", "--seeds", "0"], cwd=root,
