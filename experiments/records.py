@@ -73,6 +73,8 @@ def plain(value: Any) -> Any:
     return float(value)
   if isinstance(value, np.integer):
     return int(value)
+  if isinstance(value, np.bool_):
+    return bool(value)
   return value
 
 
