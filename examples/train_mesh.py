@@ -447,13 +447,13 @@ def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   launches = launcher.launches(args)
   # The launcher ends its processes on SIGTERM too; a process it started dies by SIGTERM.
-  launcher.handle_signals((signal.SIGINT, signal.SIGTERM) if launches else (signal.SIGINT,))
+  cli.handle_signals((signal.SIGINT, signal.SIGTERM) if launches else (signal.SIGINT,))
   try:
     images, labels = load_images(args)  # checked by the launcher too, before any process
     if launches:
       return launcher.launch(MODULE, PROG, argv, args)
     return run(args, argv, images, labels)
-  except launcher.Interrupted as e:
+  except cli.Interrupted as e:
     if launches:
       fail(str(e), e.status)
     print(f"{PROG}: process {args.process_id} of {args.processes} {e}", file=sys.stderr,

@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 
@@ -33,22 +35,50 @@ class Parser(argparse.ArgumentParser):
     self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class Interrupted(Exception):
+  """SIGINT or SIGTERM arrived; the exit status is the shell's 128 + the signal's number."""
+
+  def __init__(self, signum: int):
+    super().__init__(f"interrupted by {signal.Signals(signum).name}")
+    self.status = 128 + signum
+
+
+def raise_interrupted(signum: int, frame) -> None:
+  del frame
+  raise Interrupted(signum)
+
+
+def handle_signals(signums=(signal.SIGINT, signal.SIGTERM)) -> dict:
+  """These signals raise :class:`Interrupted` (e.g. no KeyboardInterrupt traceback, and
+  ``finally`` clauses run on SIGTERM too); returns the handlers they had."""
+  return {signum: signal.signal(signum, raise_interrupted) for signum in signums}
+
+
 def reports_errors(main):
   """Wraps a command's ``main``: an :class:`InputError` becomes one stderr line and exit
   status 1; a :class:`UsageError` exits 2 with a line like argparse's (the command, ``error:``,
-  the message, ``(see --help)``)."""
+  the message, ``(see --help)``); SIGINT or SIGTERM ends it with one line (what was recorded
+  stays: the same command resumes) and exit status 130 or 143."""
   @functools.wraps(main)
   def wrapper(*args, **kwargs):
+    module = sys.modules.get(main.__module__)
+    name = getattr(getattr(module, "__spec__", None), "name", main.__module__)  # -m: __main__
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = handle_signals() if main_thread else {}
     try:
       return main(*args, **kwargs)
     except UsageError as e:
-      module = sys.modules.get(main.__module__)
-      name = getattr(getattr(module, "__spec__", None), "name", main.__module__)  # -m: __main__
       print(f"python -m {name}: error: {e} (see --help)", file=sys.stderr)
       sys.exit(2)
     except InputError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
+    except Interrupted as e:
+      print(f"python -m {name}: {e}", file=sys.stderr)
+      sys.exit(e.status)
+    finally:
+      for signum, handler in previous.items():
+        signal.signal(signum, handler)
   return wrapper
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from experiments import engine, records
+from experiments import engine, processes, records
 
 # XLA:CPU without its intra-op thread pool (one core per worker process).
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
@@ -29,7 +29,8 @@ SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false"
 _WORKER: dict[str, Any] = {}  # in a worker process: its dataset and progress queue
 
 
-def _start_worker(load_dataset: Callable[[], Any], progress_queue) -> None:
+def _start_worker(load_dataset: Callable[[], Any], progress_queue, parent: int) -> None:
+  processes.die_with_parent(parent)  # never an orphan that trains on
   flags = os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = f"{flags} {SINGLE_THREAD_XLA}".strip()
   _WORKER.update(dataset=load_dataset(), progress=progress_queue.put)
@@ -48,7 +49,9 @@ def run_tasks(task_fn: Callable[[Any, Any, Callable[[int], None]], Any], tasks: 
 
   ``load_dataset`` (picklable, e.g. a ``functools.partial``) gives each worker its dataset;
   with ``workers == 1`` the tasks run here on ``dataset`` (or ``load_dataset()``). An
-  exception in a task cancels the rest and is raised here.
+  exception in a task, or here (e.g. a signal, :class:`experiments.cli.Interrupted`),
+  cancels the rest, ends the workers at once and is raised here; a worker also dies with
+  this process if it is killed outright.
   """
   tasks = list(tasks)
   if workers <= 1 or len(tasks) <= 1:
@@ -60,7 +63,7 @@ def run_tasks(task_fn: Callable[[Any, Any, Callable[[int], None]], Any], tasks: 
   progress_queue = context.Queue()
   with concurrent.futures.ProcessPoolExecutor(
       workers, mp_context=context, initializer=_start_worker,
-      initargs=(load_dataset, progress_queue)) as pool:
+      initargs=(load_dataset, progress_queue, os.getpid())) as pool:
     futures = {pool.submit(_run_in_worker, task_fn, task): task for task in tasks}
     pending = set(futures)
     try:
@@ -70,7 +73,9 @@ def run_tasks(task_fn: Callable[[Any, Any, Callable[[int], None]], Any], tasks: 
         _drain(progress_queue, progress)
         for future in done:
           on_result(futures[future], future.result())
-    except BaseException:
+    except BaseException:  # e.g. cli.Interrupted: stop the runs under way, not after them
+      for worker in multiprocessing.active_children():
+        worker.terminate()
       pool.shutdown(cancel_futures=True)
       raise
   _drain(progress_queue, progress)

@@ -26,7 +26,7 @@ On several hosts each host runs one process with ``--process-id I --coordinator 
 (see docs/scale_out.md).
 
 Every failure raises :class:`ProcessError` with a one-line message, for the command to
-print; :class:`Interrupted` (a signal) carries the exit status too.
+print; a signal to the launcher raises :class:`experiments.cli.Interrupted`.
 """
 
 from __future__ import annotations
@@ -57,25 +57,6 @@ class ProcessError(RuntimeError):
   """A process could not start, join the coordinator or finish; the message is one line."""
 
   status = 1  # the command's exit status
-
-
-class Interrupted(ProcessError):
-  """SIGINT or SIGTERM arrived; the exit status is the shell's 128 + the signal's number."""
-
-  def __init__(self, signum: int):
-    super().__init__(f"interrupted by {signal.Signals(signum).name}")
-    self.status = 128 + signum
-
-
-def raise_interrupted(signum: int, frame) -> None:
-  del frame
-  raise Interrupted(signum)
-
-
-def handle_signals(signums=(signal.SIGINT, signal.SIGTERM)) -> None:
-  """These signals raise :class:`Interrupted` (e.g. no KeyboardInterrupt traceback)."""
-  for signum in signums:
-    signal.signal(signum, raise_interrupted)
 
 
 # --- options ----------------------------------------------------------------------------
@@ -203,8 +184,9 @@ def launch(module: str, prog: str, argv: list[str], args: argparse.Namespace) ->
 
   Process 0's report goes to stdout; every process's stderr (and the others' stdout) goes to
   a log file, kept only if something fails. The first process to fail stops the others, and
-  so does a signal to the launcher (:func:`handle_signals` must be in place). The processes
-  run in their own session, so a Ctrl-C reaches the launcher only, which stops them.
+  so does a signal to the launcher (:func:`experiments.cli.handle_signals` must be in
+  place). The processes run in their own session, so a Ctrl-C reaches the launcher only,
+  which stops them.
   """
   port = args.port or free_port()
   if port_in_use(port):
@@ -239,7 +221,7 @@ def launch(module: str, prog: str, argv: list[str], args: argparse.Namespace) ->
     report.join()
     shutil.rmtree(logs, ignore_errors=True)
     return 0
-  except Interrupted as e:
+  except cli.Interrupted as e:
     stop(procs)
     e.args = (f"{e}; stopped the {len(procs)} processes (logs: {logs})",)
     raise
@@ -254,17 +236,22 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 def die_with_launcher() -> None:
   """In a process the launcher started: die (SIGKILL) when the launcher does, however it
-  ends. Linux's parent-death signal (``prctl``) where there is one, else a thread that
-  watches the parent's process id."""
+  ends (:func:`die_with_parent`)."""
   launcher = os.environ.pop(LAUNCHER_PID, None)
-  if launcher is None:
-    return
+  if launcher is not None:
+    die_with_parent(int(launcher))
+
+
+def die_with_parent(parent: int) -> None:
+  """Dies (SIGKILL) when process ``parent``, this one's parent, ends, however it ends (also
+  by SIGKILL): Linux's parent-death signal (``prctl``) where there is one, else a thread
+  that watches the parent's process id."""
   try:
     libc = ctypes.CDLL(None, use_errno=True)
     armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
   except (OSError, AttributeError):  # not Linux
     armed = False
-  gone = lambda: os.getppid() != int(launcher)
+  gone = lambda: os.getppid() != parent
   if gone():  # it died before the signal was armed
     os.kill(os.getpid(), signal.SIGKILL)
   if not armed:

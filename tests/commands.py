@@ -149,3 +149,30 @@ class Lines:
       self.seen.append(line)
       if text in line:
         return line
+
+
+def children(pid: int) -> list[int]:
+  """The process ids whose parent is ``pid`` (from /proc)."""
+  found = []
+  for entry in Path("/proc").iterdir():
+    if entry.name.isdigit():
+      try:
+        stat = (entry / "stat").read_text()
+      except OSError:  # gone meanwhile
+        continue
+      if int(stat.rpartition(")")[2].split()[1]) == pid:
+        found.append(int(entry.name))
+  return found
+
+
+def ended_by(pid: int) -> int | None:
+  """How a process ended: its wait status while a zombie (nobody reaped it), 0 once gone,
+  None while it runs (fields of ``/proc/PID/stat``: state, ..., exit_code last)."""
+  try:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+  except OSError:
+    return 0
+  return int(fields[-1]) if fields[0] in "ZX" else None
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")

@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -35,31 +34,6 @@ def one_error_line(returncode: int, stderr: str, want_status: int = 1) -> str:
   return lines[0]
 
 
-def children(pid: int) -> list[int]:
-  """The process ids whose parent is ``pid`` (from /proc)."""
-  found = []
-  for entry in Path("/proc").iterdir():
-    if entry.name.isdigit():
-      try:
-        stat = (entry / "stat").read_text()
-      except OSError:  # gone meanwhile
-        continue
-      if int(stat.rpartition(")")[2].split()[1]) == pid:
-        found.append(int(entry.name))
-  return found
-
-
-def ended_by(pid: int) -> int | None:
-  """How a process ended: its wait status while a zombie (nobody reaped it), 0 once gone,
-  None while it runs (fields of ``/proc/PID/stat``: state, ..., exit_code last)."""
-  try:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-  except OSError:
-    return 0
-  return int(fields[-1]) if fields[0] in "ZX" else None
-
-
-needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
 
 def test_bad_port_ends_the_command_with_one_line():
@@ -82,7 +56,7 @@ def test_a_dead_process_stops_the_others():
                       r"other processes \(logs: \S+\)", line), line
 
 
-@needs_proc
+@commands.needs_proc
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
 def test_a_signal_to_the_launcher_stops_everything(name):
   signum = signal.Signals[name]
@@ -91,7 +65,7 @@ def test_a_signal_to_the_launcher_stops_everything(name):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     commands.Lines(launcher.stdout).wait_for("in 2 process(es)", argv)  # both joined
-    workers = children(launcher.pid)
+    workers = commands.children(launcher.pid)
     assert len(workers) == 2, workers
     launcher.send_signal(signum)
     status = commands.wait(launcher)
@@ -100,10 +74,10 @@ def test_a_signal_to_the_launcher_stops_everything(name):
   line = one_error_line(status, launcher.stderr.read(), 128 + signum)
   assert re.fullmatch(rf"train_mesh: interrupted by {name}; stopped the 2 processes "
                       rf"\(logs: \S+\)", line), line
-  assert [ended_by(pid) for pid in workers] == [0, 0]  # the launcher reaped them
+  assert [commands.ended_by(pid) for pid in workers] == [0, 0]  # the launcher reaped them
 
 
-@needs_proc
+@commands.needs_proc
 def test_a_killed_launcher_takes_its_processes_along():
   """SIGKILL to the launcher: nothing of it runs, yet its processes die at once, by the
   parent-death signal (SIGKILL); left alone they would go on training and end with a
@@ -114,16 +88,16 @@ def test_a_killed_launcher_takes_its_processes_along():
   workers = []
   try:
     commands.Lines(launcher.stdout).wait_for("in 2 process(es)", argv)
-    workers = children(launcher.pid)
+    workers = commands.children(launcher.pid)
     assert len(workers) == 2, workers
     launcher.kill()
     launcher.wait()
-    ends = [commands.poll_until(lambda pid=pid: ended_by(pid), f"process {pid}'s end")
+    ends = [commands.poll_until(lambda pid=pid: commands.ended_by(pid), f"process {pid}'s end")
             for pid in workers]
   finally:
     launcher.kill()
     for pid in workers:  # never leave one behind, even when the test fails
-      if ended_by(pid) is None:
+      if commands.ended_by(pid) is None:
         os.kill(pid, signal.SIGKILL)
   # A zombie shows its status (nobody reaps orphans here); one reaped by init shows 0.
   assert all(end in (0, signal.SIGKILL) for end in ends), ends

@@ -2,7 +2,8 @@
 
 ``python -m experiments.paper`` is killed with SIGKILL while it writes its checkpoints (a
 checkpoint every iteration), then rerun to the end; its run records must equal those of an
-uninterrupted run bit for bit. A write that fails halfway leaves the previous file.
+uninterrupted run bit for bit. A write that fails halfway leaves the previous file. SIGTERM
+to a run with worker processes ends it, and them, at once with one line.
 """
 
 import json
@@ -107,3 +108,32 @@ def test_failed_write_keeps_the_previous_checkpoint(idx_folder, uninterrupted, t
   monkeypatch.setattr(np, "savez", real_savez)
   paper.main(argv(idx_folder, out))
   assert_same_runs(saved_runs(out), uninterrupted)
+
+
+@commands.needs_proc
+def test_sigterm_stops_the_workers_at_once_and_the_rerun_finishes(idx_folder, tmp_path):
+  """SIGTERM to ``--workers 2`` while both workers train: one line, exit status 143, the
+  workers ended with it (not after their runs); the same command then finishes the runs."""
+  out = tmp_path / "out"
+  command = commands.python("-m", "experiments.paper", *argv(idx_folder, out), "--workers", "2")
+  process = subprocess.Popen(command, cwd=commands.ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  workers = []
+  try:
+    commands.poll_until(lambda: len(list(out.glob("runs/*/*.ckpt.npz"))) == 2 or None,
+                        "both workers' first checkpoints")
+    workers = [pid for pid in commands.children(process.pid)  # not its resource tracker
+               if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    process.send_signal(signal.SIGTERM)
+    status = commands.wait(process)
+  finally:
+    process.kill()
+  assert status == 128 + signal.SIGTERM and len(workers) == 2, (status, workers)
+  assert process.stderr.read() == "python -m experiments.paper: interrupted by SIGTERM\n"
+  # Ended (and reaped) before the command itself ended: it ended them, mid-run.
+  assert [commands.ended_by(pid) for pid in workers] == [0, 0]
+  assert list(out.glob("runs/*/*.json")) == []
+  assert len(list(out.glob("runs/*/*.ckpt.npz"))) == 2  # a finished run removes its own
+  paper.main(argv(idx_folder, out))
+  assert sorted(saved_runs(out)) == ["adagrad", "sgd+layer"]
+  assert list(out.glob("runs/*/*.npz")) == []
