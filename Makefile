@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PYTEST_WORKERS ?= auto
 
 .PHONY: test test-thorough package-check demo demo-full data bench docs docs-screenshots clean
 
@@ -22,7 +23,7 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pyright --pythonpath $(PY) layerwise_optax
 	PYTHONPATH=. $(PY) -m pyright --pythonpath $(PY) --verifytypes layerwise_optax --ignoreexternal
-	$(PY) -m pytest -q -n auto --dist worksteal
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 	.ci/check_package.sh
 
 # The property tests' thorough profile: 10,500 new random cases (`make test` runs the same

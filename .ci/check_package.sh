@@ -1,25 +1,22 @@
 #!/usr/bin/env bash
-# The built artefacts, as a user and a packager get them.
+# The built artefacts, as a packager gets them.
 #
 # Builds the sdist and, from it, the wheel. Checks the wheel's metadata against pyproject.toml
 # (project URLs, classifiers with `Typing :: Typed` and a Python version classifier from the
 # `Requires-Python` floor on, keywords, licence), and the file lists: the wheel holds every file
 # git tracks in layerwise_optax/ and nothing else; the sdist holds those, LICENSE, README.md,
 # CHANGELOG.md, CITATION.cff, and the library's tests (every tracked tests/test_core_*.py) with
-# their helpers, and nothing of the experiment harness. Installs the wheel (not editable) and
-# Flax into a fresh virtual environment outside the repository, as a user following the
-# quick start would, and runs examples/quickstart.py there against the wheel. Python: the
-# venv's, or PACKAGE_PYTHON (e.g. another version the classifiers name).
+# their helpers, and nothing of the experiment harness.
 #
-# Then the library on the lowest versions pyproject.toml declares, as a packager tests it: a
-# second fresh environment gets the wheel (no extras) with its runtime requirements at their
-# floors (`uv pip install --resolution lowest-direct`, checked against the declared floors)
-# and the newest pytest, pytest-xdist and hypothesis that fit; the wheel imports there
-# without Flax and takes one step of eq. 9; the sdist's tests run from the unpacked sdist,
-# its copy of the package removed so that only the wheel can be imported, with the
-# installed package's doctests. Tests that need Flax, equinox or orbax
-# skip there (`make test` runs them on the newest releases, from the source tree). Python:
-# the venv's (3.11, the declared floor), or LOWEST_PYTHON.
+# Then the library on the lowest versions pyproject.toml declares: a fresh environment outside
+# the repository gets the wheel (not editable, no extras) with its runtime requirements at
+# their floors (`uv pip install --resolution lowest-direct`, checked against the declared
+# floors) and the newest pytest, pytest-xdist and hypothesis that fit; the wheel imports
+# there without Flax and takes one step of eq. 9; the sdist's tests run from the unpacked
+# sdist, its copy of the package removed so that only the wheel can be imported, with the
+# installed package's doctests. Tests that need Flax, equinox or orbax skip there (`make
+# test` runs them, and the quick start, on the newest releases from the source tree).
+# Python: the venv's (3.11, the declared floor), or PACKAGE_PYTHON.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 uv=${UV:-$(command -v "$repo/.venv/bin/uv" || command -v uv || echo uv)}
@@ -106,16 +103,9 @@ print(f"wheel and sdist {version}: files and metadata as pyproject.toml declares
       f"({len(wheel_files)} and {len(sdist_files)} files)")
 PY
 
-"$uv" venv -q --python "${PACKAGE_PYTHON:-$repo/.venv/bin/python}" "$work/venv"
-py=$work/venv/bin/python
-"$uv" pip install -q --python "$py" "$wheel"
+# The wheel, the sdist's tests and the wheel's doctests on the lowest declared versions.
 cd "$work"
-"$uv" pip install -q --python "$py" flax
-cp "$repo/examples/quickstart.py" "$work/"
-"$py" quickstart.py
-
-# The sdist's tests and the wheel's doctests on the lowest declared versions.
-"$uv" venv -q --python "${LOWEST_PYTHON:-$repo/.venv/bin/python}" "$work/lowest"
+"$uv" venv -q --python "${PACKAGE_PYTHON:-$repo/.venv/bin/python}" "$work/lowest"
 py=$work/lowest/bin/python
 "$uv" pip install -q --python "$py" --resolution lowest-direct -r "$repo/pyproject.toml" "$wheel"
 "$uv" pip install -q --python "$py" pytest pytest-xdist hypothesis
