@@ -49,7 +49,7 @@ docs-screenshots: docs
 	bash docs/screenshots.sh runs/docs
 
 # The paper's MNIST protocol on Fashion-MNIST, six methods: 3 seeds x 1,000 iterations
-# (about 15 minutes on 2 CPU cores); `make demo-full` is the paper's 10 seeds x 2,000.
+# (7 minutes on 2 idle CPU cores); `make demo-full` is the paper's 10 seeds x 2,000.
 DEMO_ARGS ?= --dataset fashion_mnist --workers 2
 
 demo: $(VENV)/.installed data
