@@ -61,6 +61,7 @@ def run_tasks(task_fn: Callable[[Any, Any, Callable[[int], None]], Any], tasks: 
     return
   context = multiprocessing.get_context("spawn")
   progress_queue = context.Queue()
+  others = set(multiprocessing.active_children())  # started before the pool, not its own
   with concurrent.futures.ProcessPoolExecutor(
       workers, mp_context=context, initializer=_start_worker,
       initargs=(load_dataset, progress_queue, os.getpid())) as pool:
@@ -74,8 +75,11 @@ def run_tasks(task_fn: Callable[[Any, Any, Callable[[int], None]], Any], tasks: 
         for future in done:
           on_result(futures[future], future.result())
     except BaseException:  # e.g. cli.Interrupted: stop the runs under way, not after them
-      for worker in multiprocessing.active_children():
+      workers = set(multiprocessing.active_children()) - others
+      for worker in workers:
         worker.terminate()
+      for worker in workers:
+        worker.join()
       pool.shutdown(cancel_futures=True)
       raise
   _drain(progress_queue, progress)

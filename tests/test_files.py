@@ -37,7 +37,6 @@ def test_temporary_keeps_the_suffix_for_format_choosing_writers(tmp_path):
     np.testing.assert_array_equal(saved["x"], [0, 1, 2])
 
 
-
 def test_run_records_write_numpy_values_as_json_ones(tmp_path):
   value = {np.int64(3): [np.float32(0.5), np.bool_(True), np.array([1, 2]), np.float64("nan")],
            "flag": np.bool_(False), "n": np.int32(7)}

@@ -34,8 +34,6 @@ def one_error_line(returncode: int, stderr: str, want_status: int = 1) -> str:
   return lines[0]
 
 
-
-
 def test_bad_port_ends_the_command_with_one_line():
   """The command itself, before jax starts: no OverflowError traceback."""
   proc = commands.run(train_mesh_argv(*SMALL, "--port", "70000"), env=commands.cpu_env())

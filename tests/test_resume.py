@@ -112,16 +112,21 @@ def test_failed_write_keeps_the_previous_checkpoint(idx_folder, uninterrupted, t
 
 @commands.needs_proc
 def test_sigterm_stops_the_workers_at_once_and_the_rerun_finishes(idx_folder, tmp_path):
-  """SIGTERM to ``--workers 2`` while both workers train: one line, exit status 143, the
-  workers ended with it (not after their runs); the same command then finishes the runs."""
+  """SIGTERM to ``--workers 2`` while a worker trains: one line, exit status 143, the workers
+  ended and reaped before the command ends, the run under way stopped mid-way (its
+  checkpoint kept; a finished run removes its own); the same command then finishes."""
   out = tmp_path / "out"
-  command = commands.python("-m", "experiments.paper", *argv(idx_folder, out), "--workers", "2")
+  longer = argv(idx_folder, out)
+  longer[longer.index("--iters") + 1] = "200"  # runs long enough to be caught mid-way
+  command = commands.python("-m", "experiments.paper", *longer, "--workers", "2")
   process = subprocess.Popen(command, cwd=commands.ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
   workers = []
   try:
-    commands.poll_until(lambda: len(list(out.glob("runs/*/*.ckpt.npz"))) == 2 or None,
-                        "both workers' first checkpoints")
+    def training():
+      assert process.poll() is None, f"the run ended first: {process.communicate()}"
+      return any(out.glob("runs/*/*.ckpt.npz")) or None
+    commands.poll_until(training, "a worker's first checkpoint", interval=0.005)
     workers = [pid for pid in commands.children(process.pid)  # not its resource tracker
                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     process.send_signal(signal.SIGTERM)
@@ -130,10 +135,9 @@ def test_sigterm_stops_the_workers_at_once_and_the_rerun_finishes(idx_folder, tm
     process.kill()
   assert status == 128 + signal.SIGTERM and len(workers) == 2, (status, workers)
   assert process.stderr.read() == "python -m experiments.paper: interrupted by SIGTERM\n"
-  # Ended (and reaped) before the command itself ended: it ended them, mid-run.
   assert [commands.ended_by(pid) for pid in workers] == [0, 0]
-  assert list(out.glob("runs/*/*.json")) == []
-  assert len(list(out.glob("runs/*/*.ckpt.npz"))) == 2  # a finished run removes its own
-  paper.main(argv(idx_folder, out))
+  assert len(list(out.glob("runs/*/*.json"))) < 2
+  assert any(out.glob("runs/*/*.ckpt.npz"))  # the run under way did not go on to its end
+  paper.main(longer)
   assert sorted(saved_runs(out)) == ["adagrad", "sgd+layer"]
   assert list(out.glob("runs/*/*.npz")) == []
