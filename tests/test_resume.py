@@ -118,6 +118,7 @@ def test_sigterm_stops_the_workers_at_once_and_the_rerun_finishes(idx_folder, tm
   out = tmp_path / "out"
   longer = argv(idx_folder, out)
   longer[longer.index("--iters") + 1] = "200"  # runs long enough to be caught mid-way
+  longer[longer.index("--checkpoint-every") + 1] = "10"  # (not 200 files a run to write)
   command = commands.python("-m", "experiments.paper", *longer, "--workers", "2")
   process = subprocess.Popen(command, cwd=commands.ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
