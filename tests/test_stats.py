@@ -6,13 +6,19 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats as scipy_stats
 
 from experiments import stats
 
 # The per-seed differences of a 5-seed comparison (method minus base, test error points).
 ISSUE_DIFFS = np.array([1.01, -1.41, 1.34, 0.62, 0.20])
 T975_4, T80_4 = 2.7764451051977934, 0.9409645772351816  # Student t quantiles, 4 dof
+
+
+@pytest.fixture(scope="module")
+def scipy_stats():
+  """scipy.stats, imported by the test process that runs these tests only (1.5 s)."""
+  from scipy import stats as scipy_stats
+  return scipy_stats
 
 
 def test_mean_std_is_sample_std_and_zero_for_one_sample():
@@ -33,7 +39,7 @@ def test_median_iqr_orders_unreached_last():
   assert all(math.isnan(v) for v in stats.median_iqr([]))
 
 
-def test_t_interval_and_detectable_effect_closed_form():
+def test_t_interval_and_detectable_effect_closed_form(scipy_stats):
   n, mean = 5, 0.352
   std = math.sqrt(sum((d - mean) ** 2 for d in ISSUE_DIFFS) / (n - 1))
   assert std == pytest.approx(1.0733918203526611)
@@ -48,7 +54,7 @@ def test_t_interval_and_detectable_effect_closed_form():
 
 
 @pytest.mark.parametrize("n", [5, 10, 20])
-def test_detectable_effect_has_80_percent_power(n):
+def test_detectable_effect_has_80_percent_power(n, scipy_stats):
   """At a true mean difference of ``mde``, the two-sided 5% t test rejects with probability
   ~0.8 (noncentral t, noncentrality mde / (s/√n))."""
   std = 0.7
@@ -59,7 +65,7 @@ def test_detectable_effect_has_80_percent_power(n):
   assert power == pytest.approx(0.80, abs=0.01)
 
 
-def test_issue_differences_give_no_difference_detected():
+def test_issue_differences_give_no_difference_detected(scipy_stats):
   result = stats.paired(12.0 + ISSUE_DIFFS, np.full(5, 12.0), lower_is_better=True)
   assert result.n == 5 and result.wins == 1 and result.diverged == (0, 0)
   assert result.mean == pytest.approx(0.352)
@@ -75,7 +81,7 @@ def test_issue_differences_give_no_difference_detected():
   assert result.as_json()["ci95"] == list(result.ci95)
 
 
-def _enumerated_wilcoxon_p(d: list[float]) -> float:
+def _enumerated_wilcoxon_p(d: list[float], scipy_stats) -> float:
   """Two-sided p by listing all 2^m sign choices of the nonzero |d| with mean ranks."""
   d = [x for x in d if x != 0]
   ranks = scipy_stats.rankdata(np.abs(d))
@@ -90,8 +96,8 @@ def _enumerated_wilcoxon_p(d: list[float]) -> float:
 @pytest.mark.parametrize("d", [[0.5, -0.5, 1.0, 2.0, -3.0, 0.0, 2.0],
                                [0.3, 0.1, -0.2, 0.4, 0.5, 0.6, -0.05, 0.7],
                                [1.0, 1.0, 1.0, -1.0]])
-def test_wilcoxon_exact_by_enumeration_with_ties_and_zeros(d):
-  assert stats.wilcoxon_p(d) == pytest.approx(_enumerated_wilcoxon_p(d), abs=1e-12)
+def test_wilcoxon_exact_by_enumeration_with_ties_and_zeros(d, scipy_stats):
+  assert stats.wilcoxon_p(d) == pytest.approx(_enumerated_wilcoxon_p(d, scipy_stats), abs=1e-12)
 
 
 def test_wilcoxon_tiny_case_by_hand():
@@ -102,7 +108,7 @@ def test_wilcoxon_tiny_case_by_hand():
   assert stats.wilcoxon_p([0.0, 0.0]) == 1.0
 
 
-def test_wilcoxon_equals_scipy_exact_without_ties():
+def test_wilcoxon_equals_scipy_exact_without_ties(scipy_stats):
   rng = np.random.default_rng(0)
   for n in range(1, 26):
     d = rng.normal(0.4, 1.0, n)
@@ -167,7 +173,7 @@ def test_paired_rejects_unequal_lengths():
     stats.paired([1.0, 2.0, 3.0], [1.0, 2.0], True)
 
 
-def test_median_interval_coverage_is_binomial():
+def test_median_interval_coverage_is_binomial(scipy_stats):
   for n in range(1, 30):
     j, coverage = stats.median_interval(n)
     exact = scipy_stats.binom.cdf(n - j, n, 0.5) - scipy_stats.binom.cdf(j - 1, n, 0.5)
