@@ -10,7 +10,10 @@ pytest workers and the commands and launchers the tests start. One persistent co
 cache for the session (``JAX_COMPILATION_CACHE_DIR``, every compile cached however short)
 compiles each once; it starts empty and is removed when the session ends, so no result
 depends on an earlier run. Its key is the program with every flag that changes it, so a hit
-is the executable a compile would have made.
+is the executable a compile would have made. A size limit turns on jax's file lock around
+every read and write of the cache (``filelock``, in the test extra): without it a process
+could read an entry another is still writing, and warn on its stderr. Without ``filelock``
+there is no cache.
 
 Both are set when pytest configures the session, before any test starts a backend or a
 worker; the workers and subprocesses inherit them through the environment. The harness is
@@ -18,6 +21,7 @@ imported from the repository root (``pythonpath = ["."]`` in pyproject.toml), e.
 ``from experiments import engine``.
 """
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -34,13 +38,17 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "across_processes: run across two processes too")
   if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
-  if CACHE not in os.environ:  # the first process of the session (xdist's controller)
+  # The first process of the session (xdist's controller) makes it; the others inherit it.
+  if CACHE not in os.environ and importlib.util.find_spec("filelock"):
     config.stash[cache_key] = os.environ[CACHE] = tempfile.mkdtemp(prefix="jax-cache-")
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(2**34)  # a limit: the file lock
 
 
 def pytest_unconfigure(config):
   if cache_key in config.stash:
     shutil.rmtree(config.stash[cache_key], ignore_errors=True)
-    del os.environ[CACHE]
+    for name in (CACHE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                 "JAX_COMPILATION_CACHE_MAX_SIZE"):
+      del os.environ[name]
 
