@@ -11,7 +11,7 @@
 # Then the library on the lowest versions pyproject.toml declares: a fresh environment outside
 # the repository gets the wheel (not editable, no extras) with its runtime requirements at
 # their floors (`uv pip install --resolution lowest-direct`, checked against the declared
-# floors) and the newest pytest, pytest-xdist, hypothesis and filelock that fit; the wheel imports
+# floors) and the newest pytest, pytest-xdist and hypothesis that fit; the wheel imports
 # there without Flax and takes one step of eq. 9; the sdist's tests run from the unpacked
 # sdist, its copy of the package removed so that only the wheel can be imported, with the
 # installed package's doctests. Tests that need Flax, equinox or orbax skip there (`make
@@ -108,7 +108,7 @@ cd "$work"
 "$uv" venv -q --python "${PACKAGE_PYTHON:-$repo/.venv/bin/python}" "$work/lowest"
 py=$work/lowest/bin/python
 "$uv" pip install -q --python "$py" --resolution lowest-direct -r "$repo/pyproject.toml" "$wheel"
-"$uv" pip install -q --python "$py" pytest pytest-xdist hypothesis filelock
+"$uv" pip install -q --python "$py" pytest pytest-xdist hypothesis
 "$py" - "$repo/pyproject.toml" "$version" <<'PY'
 import importlib.metadata as md, importlib.util, math, os, sys
 from packaging.requirements import Requirement
