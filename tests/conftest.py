@@ -25,7 +25,7 @@ import pytest
 
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 CACHE = "JAX_COMPILATION_CACHE_DIR"
-cache_key = pytest.StashKey[str]()
+saved_env_key = pytest.StashKey[dict[str, str | None]]()  # before the cache
 # What jax warns when an entry cannot be read (another process is still writing it) or
 # written; either way it compiles as without a cache.
 CACHE_WARNINGS = ("Error reading persistent compilation cache entry",
@@ -39,16 +39,23 @@ def pytest_configure(config):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
   # The first process of the session (xdist's controller) makes it; the others inherit it.
   if CACHE not in os.environ:
-    config.stash[cache_key] = os.environ[CACHE] = tempfile.mkdtemp(prefix="jax-cache-")
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [
-        os.environ.get("PYTHONWARNINGS"), *(f"ignore:{m}" for m in CACHE_WARNINGS)]))
-  for message in CACHE_WARNINGS:
+    cache_env = {CACHE: tempfile.mkdtemp(prefix="jax-cache-"),
+                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                 "PYTHONWARNINGS": ",".join(filter(None, [
+                     os.environ.get("PYTHONWARNINGS"),
+                     *(f"ignore:{m}" for m in CACHE_WARNINGS)]))}
+    config.stash[saved_env_key] = {name: os.environ.get(name) for name in cache_env}
+    os.environ.update(cache_env)
+  for message in CACHE_WARNINGS:  # in every process: the warnings of the tests themselves
     config.addinivalue_line("filterwarnings", f"ignore:{message}")
 
 
 def pytest_unconfigure(config):
-  if cache_key in config.stash:
-    shutil.rmtree(config.stash[cache_key], ignore_errors=True)
-    del os.environ[CACHE]
-
+  """Removes the session's cache and gives the environment back as it was."""
+  if saved_env_key in config.stash:
+    shutil.rmtree(os.environ[CACHE], ignore_errors=True)
+    for name, value in config.stash[saved_env_key].items():
+      if value is None:
+        os.environ.pop(name, None)
+      else:
+        os.environ[name] = value
