@@ -4,6 +4,7 @@ words; the committed results (results/evidence, where present) recomputed from t
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from experiments import cli, records, report, stats, tuning, verdict
@@ -165,3 +166,31 @@ def test_unwritable_out_is_one_line(tmp_path, capsys):
   assert exited.value.code == 1
   err = capsys.readouterr().err
   assert err.startswith("error: cannot write to /proc/x") and err.count("\n") == 1
+
+
+def mean_test_curve(workload: str, name: str) -> tuple[list[int], np.ndarray]:
+  """Evaluation iterations and the mean test curve of ``name``'s evaluation runs."""
+  results = json.loads((COMMITTED / workload / "results.json").read_text())
+  lr = results["methods"][name]["selected_lr"]
+  runs = [json.loads(path.read_text())
+          for path in (COMMITTED / workload / "runs" / name).glob("*.json")]
+  runs = [run["record"] for run in runs
+          if run["task"]["seed"] in results["eval_seeds"] and run["task"]["lr"] == lr]
+  assert len(runs) == len(results["eval_seeds"])
+  return runs[0]["eval_iters"], np.mean([run["test"] for run in runs], axis=0)
+
+
+@pytest.mark.skipif("lenet" not in PRESENT, reason="no committed LeNet results")
+def test_docs_account_for_adagrad_missing_its_level_as_its_runs_show():
+  iters, sgd = mean_test_curve("lenet", "sgd")
+  _, adagrad = mean_test_curve("lenet", "adagrad")
+  assert (adagrad > sgd).all()  # trails at every evaluation point
+  assert adagrad[-2] > adagrad[-1]  # still falling at the end
+  docs = " ".join(Path("docs/evidence.md").read_text().split())
+  claim = (f"by {adagrad[0] - sgd[0]:.2f} points at iteration {iters[0]}, "
+           f"{adagrad[-1] - sgd[-1]:.2f} at {iters[-1]:,}) and is still falling at the end "
+           f"({adagrad[-3]:.2f}% at iteration {iters[-3]:,})")
+  assert claim in docs
+  level = json.loads((COMMITTED / "lenet" / "results.json").read_text())["methods"]["adagrad"][
+      "level"]
+  assert not level["met"] and f"misses SGD's by {adagrad[-1] - level['value']:.2f} points" in docs
