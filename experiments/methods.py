@@ -10,6 +10,9 @@ A method name is a base update rule, optionally with a suffix, or a peer:
   layer ``k`` and ``N`` their total (the library's ``relative=True``): the parameter-weighted
   mean factor is 1 at every step, so only the redistribution across layers remains, without
   the factor's global boost;
+* ``+uniform``: that mean, ``sum_k (n_k / N) f_k``, on every layer (the library's
+  ``uniform=True``): the global boost, following the gradients, without the redistribution
+  (``+layer``'s factor is ``+uniform``'s times ``+relative``'s);
 * peers (:data:`PEERS`): ``optax.lars`` and ``optax.lamb`` (layer-wise trust ratios as optax
   ships them), ``lars`` and ``lamb`` (the library's, as their users run them: no ratio and
   no decay for 1-D arrays, one ratio per slice of a stacked block).
@@ -75,9 +78,10 @@ import layerwise_optax as lo
 
 from .configs import EXTRA_METHODS, METHODS, Schedule, Solver
 
-# The suffixes of a base: the factor of eq. 9 and its layer-relative form (the factors divided
-# by their mean weighted by each layer's parameter count, the library's ``relative=True``).
-SUFFIXES = ("layer", "relative")
+# The suffixes of a base: the factor of eq. 9 and its two parts, the layer-relative form (the
+# factors divided by their mean weighted by each layer's parameter count, the library's
+# ``relative=True``) and the layer-uniform one (that mean on every layer, ``uniform=True``).
+SUFFIXES = ("layer", "relative", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,20 +243,19 @@ PEERS: dict[str, Callable[[Recipe], Optimizer]] = {
 }
 
 
-def layer_factor(r: Recipe, around: optax.GradientTransformation | None = None,
-                 relative: bool = False):
-  """``+layer`` (``+relative`` with ``relative``): the factor of eq. 9 chained before a
-  momentum rule (``around`` None) or multiplying the step of ``around``."""
+def layer_factor(r: Recipe, around: optax.GradientTransformation | None = None, **part: bool):
+  """``+layer`` (``+relative`` with ``relative=True``, ``+uniform`` with ``uniform=True``):
+  the factor of eq. 9 chained before a momentum rule (``around`` None) or multiplying the
+  step of ``around``."""
   if around is None:
-    return lo.scale_by_layerwise_lr(r.layers, r.stacked, keep_stats=r.keep_stats,
-                                    relative=relative)
-  return lo.with_layerwise_lr(around, r.layers, r.stacked, keep_stats=r.keep_stats,
-                              relative=relative)
+    return lo.scale_by_layerwise_lr(r.layers, r.stacked, keep_stats=r.keep_stats, **part)
+  return lo.with_layerwise_lr(around, r.layers, r.stacked, keep_stats=r.keep_stats, **part)
 
 
 # Suffix -> how it wraps a base. One entry adds a suffix to every base.
 WRAPPERS = {"layer": layer_factor,
-            "relative": functools.partial(layer_factor, relative=True)}
+            "relative": functools.partial(layer_factor, relative=True),
+            "uniform": functools.partial(layer_factor, uniform=True)}
 
 
 def names(bases: Any = None) -> list[str]:
@@ -294,8 +297,8 @@ def method_suffix(method: str, bases: tuple[str, ...] = CAFFE_BASES) -> tuple[st
 
 
 def split_method(method: str, bases: tuple[str, ...] = CAFFE_BASES) -> tuple[str, bool]:
-  """'nag+layer' -> ('nag', True): the base and whether a layer factor (``+layer`` or
-  ``+relative``, see :func:`method_suffix`) scales its steps."""
+  """'nag+layer' -> ('nag', True): the base and whether a layer factor (``+layer`` or one
+  of its parts, see :func:`method_suffix`) scales its steps."""
   base, suffix = method_suffix(method, bases)
   return base, bool(suffix)
 

@@ -18,8 +18,10 @@ of the first method (for sizing a protocol). Workloads (:data:`WORKLOADS`), each
   added to the gradient first, the "inv" schedule ``lr_k = lr (1 + 1e-4 k)^-0.75``, biases at
   twice the rate; 2,000 iterations (the paper's Table I horizon, 2.3 epochs of the 55,000
   training images; validation: the last 5,000 training images, test: 10,000). Only the base
-  learning rate is tuned. Methods: sgd, adagrad, each with +layer and +relative, and ``lars``
-  (the library's, no trust ratio and no decay for 1-D arrays) against sgd; nag by --methods.
+  learning rate is tuned. Methods: sgd, adagrad, each with +layer and +relative,
+  adagrad+uniform (the other part of the factor, where +layer differs from its base), and
+  ``lars`` (the library's, no trust ratio and no decay for 1-D arrays) against sgd; nag by
+  --methods.
 * ``resnet``: the small batch-norm ResNet (:mod:`experiments.resnet`, widths 8/16/32) on
   Fashion-MNIST: linear warm-up over the first 5% of the iterations then cosine decay to 0,
   weight decay 5e-4 on every parameter added to the gradient first, momentum 0.9, batch 64,
@@ -249,7 +251,8 @@ CHARLM_REFERENCE = {"split": "val", "value": 2.0 / math.log(2), "source": "nanoG
 WORKLOADS: dict[str, Entry] = {
     "lenet": Entry("images", "fashion_mnist", 2000,
                    {**{f"{b}{s}": 0.01 for b in ("sgd", "adagrad")
-                       for s in ("", "+layer", "+relative")}, "lars": 10.0},
+                       for s in ("", "+layer", "+relative")}, "adagrad+uniform": 0.01,
+                    "lars": 10.0},
                    0.01, "sgd", lenet_setup, _image_options, lambda dataset: 80.0,
                    LENET_REFERENCE),
     "resnet": Entry("images", "fashion_mnist", RESNET_ITERS,

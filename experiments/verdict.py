@@ -5,7 +5,8 @@ Reads every ``<results>/<workload>/results.json`` present (``--results``, defaul
 ``results/evidence``) and writes ``<results>/verdict.md``: per workload and base method (a
 method that is its own baseline), the tuned base, the tuned ``+layer`` (factor of eq. 9), the
 tuned ``+relative`` (the factors divided by their parameter-weighted mean, so the mean factor
-over parameters is 1 at every step) and the layer-wise peers compared with that base, each
+over parameters is 1 at every step), the tuned ``+uniform`` (that mean on every layer) where
+it was run, and the layer-wise peers compared with that base, each
 with its final test metric (mean ± std over the evaluation seeds) and its paired comparison
 with the base, recomputed from the per-seed values (:func:`experiments.stats.paired`): mean
 difference, 95% t interval, Wilcoxon p, detectable effect at 80% power, wins.
@@ -18,7 +19,9 @@ seeds the interval cannot account for.
 The summary per workload and base states each verdict and attributes a gain only as the
 intervals allow: if ``+layer`` and ``+relative`` are both better, the redistribution across
 layers carries a gain; if only ``+layer`` is, the redistribution alone was not shown to help
-(``+relative``'s detectable effect says how small a gain could have been missed).
+(``+relative``'s detectable effect says how small a gain could have been missed), and if
+``+uniform`` is better too, the gain comes with the factors' common part: their
+parameter-weighted mean, one multiplier for every layer that follows the gradients.
 
 Last, a table of how far from uniform the factors were (:func:`factor_rows`), read from the
 base methods' run records at their selected rates.
@@ -41,9 +44,11 @@ INTERVAL_KEYS = ("ci95", "p_wilcoxon", "mde", "verdict", "iters_to_baseline_val"
 
 
 def compared(results: dict, base: str) -> list[str]:
-  """The base, then its +layer and +relative, then the other methods compared with it."""
+  """The base, then its +layer, +relative and +uniform, then the other methods compared with
+  it."""
   methods = results["methods"]
-  own = [m for m in (base, f"{base}+layer", f"{base}+relative") if m in methods]
+  own = [m for m in (base, *(f"{base}+{s}" for s in ("layer", "relative", "uniform")))
+         if m in methods]
   return own + [m for m, r in methods.items() if r["baseline"] == base and m not in own]
 
 
@@ -63,7 +68,7 @@ def summary(results: dict, base: str) -> str:
   intervals allow (module doc)."""
   methods = compared(results, base)[1:]
   verdicts = {m: report.comparison(results, m).verdict for m in methods}
-  layer, relative = f"{base}+layer", f"{base}+relative"
+  layer, relative, uniform = (f"{base}+{s}" for s in ("layer", "relative", "uniform"))
   words = "; ".join(stated(results, m) for m in methods) or f"only tuned {base} was run"
   if verdicts.get(layer) == stats.BETTER and verdicts.get(relative) == stats.BETTER:
     words += (f". {relative} (mean factor 1 over parameters) is better too: the "
@@ -71,6 +76,9 @@ def summary(results: dict, base: str) -> str:
   elif verdicts.get(layer) == stats.BETTER and relative in verdicts:
     words += (f". {relative} is not: the gain of {layer} is not shown to come from the "
               "redistribution across layers")
+    if verdicts.get(uniform) == stats.BETTER:
+      words += (f"; {uniform} is better: the gain comes with the factors' parameter-weighted "
+                "mean, one multiplier for every layer")
   return words + "."
 
 

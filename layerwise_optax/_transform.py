@@ -206,32 +206,52 @@ def _parameter_counts(leaves: Sequence[ArrayLike], plan: LayerPlan) -> list[int]
   return counts
 
 
-def _relative_factors(factors: Sequence[jax.Array], plan: LayerPlan,
-                     leaves: Sequence[ArrayLike]) -> list[jax.Array]:
-  r"""The factors divided by their parameter-weighted mean, so that this mean becomes 1.
+def _weighted_mean_factor(factors: Sequence[jax.Array], plan: LayerPlan,
+                         leaves: Sequence[ArrayLike]) -> jax.Array | None:
+  r"""The factors' mean weighted by each layer's parameter count (``None``: no parameters).
 
   .. math::
-    r_l = \frac{f_l}{\bar f}, \qquad \bar f = \frac{\sum_k n_k f_k}{\sum_k n_k}, \qquad
-    \text{so} \quad \frac{\sum_l n_l r_l}{\sum_l n_l} = 1,
+    \bar f = \frac{\sum_k n_k f_k}{\sum_k n_k},
 
-  with :math:`n_l` the parameter count of layer :math:`l` (each slice of a stacked layer is
+  with :math:`n_k` the parameter count of layer :math:`k` (each slice of a stacked layer is
   a layer). Under ``shard_map`` the counts are each shard's, proportional to the whole
   layers' when every array is split over the axis, as ``axis_name`` assumes.
   """
   counts = _parameter_counts(leaves, plan)
   total = sum(c * math.prod(f.shape) for c, f in zip(counts, factors))
-  if not total:  # no parameters: nothing to normalise
-    return list(factors)
+  if not total:
+    return None
   dtype = jnp.result_type(*factors)
   weights = np.concatenate([np.full(math.prod(f.shape), c / total)
                             for c, f in zip(counts, factors)])
   flat = jnp.concatenate([jnp.ravel(f).astype(dtype) for f in factors])
-  mean = jnp.dot(flat, jnp.asarray(weights, dtype))  # one vector operation for all layers
-  return [f / mean.astype(f.dtype) for f in factors]
+  return jnp.dot(flat, jnp.asarray(weights, dtype))  # one vector operation for all layers
+
+
+def _split_factors(factors: Sequence[jax.Array], plan: LayerPlan, leaves: Sequence[ArrayLike],
+                   part: str | None) -> list[jax.Array]:
+  r"""Eq. 9's factors (``part`` None), or one of the two parts they split into,
+  :math:`f_l = \bar f \, r_l` (:func:`_weighted_mean_factor`): ``"relative"``, the
+  redistribution across layers :math:`r_l = f_l / \bar f` (parameter-weighted mean 1 at
+  every step), or ``"uniform"``, the common multiplier :math:`\bar f` on every layer."""
+  mean = None if part is None else _weighted_mean_factor(factors, plan, leaves)
+  if mean is None:  # eq. 9 itself, or no parameters: nothing to split
+    return list(factors)
+  if part == "relative":
+    return [f / mean.astype(f.dtype) for f in factors]
+  return [jnp.broadcast_to(mean.astype(f.dtype), f.shape) for f in factors]
+
+
+def _part(relative: bool, uniform: bool) -> str | None:
+  """The part of the factor a transformation applies; both parts together are refused."""
+  if relative and uniform:
+    raise ValueError("relative=True and uniform=True together leave every layer a factor of "
+                     "1; pass at most one of them.")
+  return "relative" if relative else "uniform" if uniform else None
 
 
 def _factors_of(updates: optax.Updates, layers: LayersSpec, stacked: StackedSpec,
-                norm_eps: ArrayLike, axis_name: Hashable | None, relative: bool = False
+                norm_eps: ArrayLike, axis_name: Hashable | None, part: str | None = None
                 ) -> tuple[LayerPlan, list[jax.Array], list[jax.Array]]:
   leaves = jax.tree.leaves(updates)
   plan = make_plan(updates, layers, stacked)
@@ -245,15 +265,13 @@ def _factors_of(updates: optax.Updates, layers: LayersSpec, stacked: StackedSpec
   # instead of 1.3x on 4 arrays of 4096x4096 (benchmarks/bench_step.py).
   norm_leaves = jax.lax.optimization_barrier(leaves) if leaves else leaves
   sums, factors = _layer_factors_flat(norm_leaves, plan, norm_eps, axis_name)
-  if relative:
-    factors = _relative_factors(factors, plan, leaves)
-  return plan, sums, factors
+  return plan, sums, _split_factors(factors, plan, leaves, part)
 
 
 def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = None,
                           norm_eps: ArrayLike = 0.0, axis_name: Hashable | None = None,
-                          keep_stats: bool = False,
-                          relative: bool = False) -> optax.GradientTransformation:
+                          keep_stats: bool = False, relative: bool = False,
+                          uniform: bool = False) -> optax.GradientTransformation:
   r"""Scales each layer's updates by their own factor of eq. 9.
 
   .. math::
@@ -284,8 +302,8 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
       arrays, where reductions are already global.
     keep_stats: keep the last step's ``{layer name: LayerFactor(norm, factor)}`` in the
       state (:class:`LayerwiseLrState`, read by :func:`layer_stats`). Off by default: the state is
-      then ``optax.EmptyState()``. With ``relative`` the kept factor is the one applied,
-      :math:`r_l`.
+      then ``optax.EmptyState()``. With ``relative`` or ``uniform`` the kept factor is the
+      one applied, :math:`r_l` or :math:`\bar f`.
     relative: the layer-relative form: each factor divided by the parameter-weighted mean
       of all the layers' factors at this step,
 
@@ -296,6 +314,11 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
       so that :math:`\sum_l n_l r_l / \sum_l n_l = 1` at every step: the step is
       redistributed across layers without the factor's global boost (an ablation of eq. 9;
       a slice of a stacked layer is a layer).
+    uniform: the other part of eq. 9's factor, :math:`f_l = \bar f \, r_l`: every layer
+      gets the same factor :math:`\bar f = \sum_k n_k f_k / \sum_k n_k`, the
+      parameter-weighted mean of the layers' factors at this step (a global multiplier
+      that follows the gradients' norms, without the redistribution across layers; an
+      ablation of eq. 9). Not together with ``relative`` (``ValueError``).
 
   Returns:
     An ``optax.GradientTransformation``. A layer with an all-zero update gets a zero update;
@@ -327,6 +350,7 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
   """
   validate_layers(layers, stacked)
   _check_eps(norm_eps)
+  part = _part(relative, uniform)
 
   def init_fn(params: optax.Params) -> optax.OptState:
     if keep_stats:
@@ -337,7 +361,7 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
   def update_fn(updates: optax.Updates, state: optax.OptState,
                 params: optax.Params | None = None) -> tuple[optax.Updates, optax.OptState]:
     del params
-    plan, sums, factors = _factors_of(updates, layers, stacked, norm_eps, axis_name, relative)
+    plan, sums, factors = _factors_of(updates, layers, stacked, norm_eps, axis_name, part)
     if keep_stats:
       previous = cast(LayerwiseLrState, state).layer_stats
       state = LayerwiseLrState(like(packed_stats(plan, sums, factors), previous))
@@ -349,7 +373,8 @@ def scale_by_layerwise_lr(layers: LayersSpec = "module", stacked: StackedSpec = 
 def with_layerwise_lr(inner: optax.GradientTransformation, layers: LayersSpec = "module",
                       stacked: StackedSpec = None, norm_eps: ArrayLike = 0.0,
                       axis_name: Hashable | None = None, keep_stats: bool = False,
-                      relative: bool = False) -> optax.GradientTransformationExtraArgs:
+                      relative: bool = False,
+                      uniform: bool = False) -> optax.GradientTransformationExtraArgs:
   r"""Multiplies ``inner``'s step per layer by factors taken from the raw gradients.
 
   .. math::
@@ -373,9 +398,10 @@ def with_layerwise_lr(inner: optax.GradientTransformation, layers: LayersSpec = 
     axis_name: the mapped axis to sum over, as in :func:`scale_by_layerwise_lr`.
     keep_stats: keep the last step's ``{layer name: LayerFactor(norm, factor)}`` of the raw
       gradients: the state is then :class:`WithLayerwiseLrState` ``(inner_state,
-      layer_stats)``. With ``relative`` the kept factor is the one applied, :math:`r_l`.
+      layer_stats)``. With ``relative`` or ``uniform`` the kept factor is the one applied.
     relative: the layer-relative form, factors divided by their parameter-weighted mean
       (taken from the raw gradients), as in :func:`scale_by_layerwise_lr`.
+    uniform: that mean on every layer, as in :func:`scale_by_layerwise_lr`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (extra arguments go to ``inner``).
@@ -404,6 +430,7 @@ def with_layerwise_lr(inner: optax.GradientTransformation, layers: LayersSpec = 
   """
   validate_layers(layers, stacked)
   _check_eps(norm_eps)
+  part = _part(relative, uniform)
   wrapped = optax.with_extra_args_support(inner)
 
   def init_fn(params: optax.Params) -> optax.OptState:
@@ -416,7 +443,7 @@ def with_layerwise_lr(inner: optax.GradientTransformation, layers: LayersSpec = 
   def update_fn(updates: optax.Updates, state: optax.OptState,
                 params: optax.Params | None = None,
                 **extra_args: object) -> tuple[optax.Updates, optax.OptState]:
-    plan, sums, factors = _factors_of(updates, layers, stacked, norm_eps, axis_name, relative)
+    plan, sums, factors = _factors_of(updates, layers, stacked, norm_eps, axis_name, part)
     if not keep_stats:
       inner_updates, state = wrapped.update(updates, state, params, **extra_args)
       return _scale_tree(inner_updates, plan, factors), state

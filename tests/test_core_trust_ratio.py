@@ -1,10 +1,11 @@
-"""Trust ratios on the layer plan (lo.scale_by_trust_ratio, lo.lars, lo.lamb) and the
-layer-relative form of the factor (relative=True).
+"""Trust ratios on the layer plan (lo.scale_by_trust_ratio, lo.lars, lo.lamb) and the two
+parts of the factor, layer-relative (relative=True) and layer-uniform (uniform=True).
 
 References (float64 NumPy, written here from the papers): LARS, You et al. arXiv:1708.03888
 eq. 6; LAMB, You et al. arXiv:1904.00962 algorithm 2.
 """
 
+import functools
 import os
 import pickle
 import subprocess
@@ -366,6 +367,59 @@ def test_relative_form_has_parameter_weighted_mean_one_in_both_placements():
       np.testing.assert_allclose(applied, expected, rtol=1e-5)
       assert weighted_mean(applied, counts) == pytest.approx(1.0, abs=1e-6)
     assert abs(np.mean(expected) - 1.0) > 1e-2  # the unweighted mean is not 1 here
+
+
+def test_uniform_form_is_the_weighted_mean_and_times_the_relative_one_gives_eq9():
+  params = {"blocks": {"w": jnp.ones((N_BLOCKS, 4, 5)), "b": jnp.ones((N_BLOCKS, 5))},
+            "head": {"w": jnp.ones((5, 2))}}
+  counts = [25] * N_BLOCKS + [10]
+  wave = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size).reshape(p.shape)) + 0.1, params)
+  grads = {"blocks": {"w": wave["blocks"]["w"] * jnp.array([1e-3, 1e-1, 3.0])[:, None, None],
+                      "b": wave["blocks"]["b"] * jnp.array([1e-3, 1e-1, 3.0])[:, None]},
+           "head": {"w": 0.02 * wave["head"]["w"]}}
+  raw = lo.layer_factors(grads, stacked="blocks")
+  f = np.concatenate([np.ravel(raw["blocks"].factor), [raw["head"].factor]])
+  inner = optax.adagrad(1e-2)
+
+  def applied(tx, base):
+    updates, _ = tx.update(grads, tx.init(params), params)
+    plain = grads if base is None else base.update(grads, base.init(params), params)[0]
+    return np.concatenate([
+        np.asarray(updates["blocks"]["w"][:, 0, 0] / plain["blocks"]["w"][:, 0, 0]),
+        [updates["head"]["w"][0, 0] / plain["head"]["w"][0, 0]]])
+
+  for base in (None, inner):
+    def build(base=base, **part):
+      if base is None:
+        return lo.scale_by_layerwise_lr(stacked="blocks", **part)
+      return lo.with_layerwise_lr(base, stacked="blocks", **part)
+    uniform = applied(build(uniform=True), base)
+    np.testing.assert_allclose(uniform, np.full(len(f), weighted_mean(f, counts)), rtol=1e-5)
+    assert 1.5 < uniform[0] < f.max()  # the factors span 1.4-7.6: the mean is none of them
+    np.testing.assert_allclose(uniform * applied(build(relative=True), base),
+                               applied(build(), base), rtol=1e-5)
+
+
+def test_relative_and_uniform_together_are_refused():
+  for build in (lo.scale_by_layerwise_lr, functools.partial(lo.with_layerwise_lr,
+                                                            optax.sgd(0.1))):
+    with pytest.raises(ValueError, match="relative=True and uniform=True together leave "
+                       "every layer a factor of 1; pass at most one of them"):
+      build(relative=True, uniform=True)
+
+
+def test_uniform_stats_hold_the_applied_factor():
+  tx = lo.scale_by_layerwise_lr(uniform=True, keep_stats=True)
+  grads = grads_at(PARAMS, 0)
+  updates, state = tx.update(grads, tx.init(PARAMS))
+  stats = state.layer_stats
+  counts = {"Conv_0": 6, "Dense_0": 4, "scale": 2}
+  raw = [reference.factor(stats[n].norm) for n in counts]
+  for name in counts:
+    assert stats[name].factor == pytest.approx(weighted_mean(raw, list(counts.values())),
+                                               rel=1e-5)
+  np.testing.assert_allclose(updates["Dense_0"]["kernel"],
+                             stats["Dense_0"].factor * grads["Dense_0"]["kernel"], rtol=1e-6)
 
 
 def test_relative_stats_hold_the_applied_factor():

@@ -221,7 +221,7 @@ def test_methods_subset_adds_baselines():
 def test_default_workloads():
   lenet, resnet, charlm = (tuned.WORKLOADS[w] for w in ("lenet", "resnet", "charlm"))
   assert list(lenet.methods) == ["sgd", "sgd+layer", "sgd+relative", "adagrad",
-                                 "adagrad+layer", "adagrad+relative", "lars"]
+                                 "adagrad+layer", "adagrad+relative", "adagrad+uniform", "lars"]
   assert list(resnet.methods) == ["nag", "nag+layer", "nag+relative", "lars"]
   assert list(charlm.methods) == ["adamw", "adamw+layer", "adamw+relative", "lamb"]
   assert (lenet.peer_baseline, resnet.peer_baseline, charlm.peer_baseline) == (
@@ -264,6 +264,23 @@ def test_relative_keeps_the_parameter_weighted_mean_factor_at_one():
     assert np.ptp(r["a"]) == pytest.approx(0, abs=1e-6)  # one factor per layer
     assert (r["a"].sum() + r["b"].sum()) / 14 == pytest.approx(1.0, rel=1e-6)
     assert r["a"][0, 0] != pytest.approx(r["b"][0], rel=1e-3)  # and they differ
+
+
+def test_uniform_gives_every_layer_the_weighted_mean_of_the_factors():
+  # AdaGrad's placement (the factor scales the step): adagrad+uniform's step is
+  # adagrad's times one factor, sum_l n_l f_l / N, and adagrad+layer's is that times r_l.
+  params = {"a": {"kernel": jnp.ones((3, 4))}, "b": {"kernel": jnp.ones((2,))}}
+  grads = {"a": {"kernel": jnp.full((3, 4), 0.1)}, "b": {"kernel": jnp.full((2,), 2.0)}}
+  steps = {}
+  for name in ("adagrad", "adagrad+uniform", "adagrad+layer"):
+    tx = methods.build(name, methods.Recipe(0.1)).tx
+    updates, _ = tx.update(grads, tx.init(params), params)
+    steps[name] = {k: np.asarray(updates[k]["kernel"]).ravel()[0] for k in grads}
+  f = {"a": 1 + np.log(1 + 1 / np.sqrt(12 * 0.1 ** 2)), "b": 1 + np.log(1 + 1 / np.sqrt(8.0))}
+  mean = (12 * f["a"] + 2 * f["b"]) / 14
+  for k in grads:
+    assert steps["adagrad+uniform"][k] / steps["adagrad"][k] == pytest.approx(mean, rel=1e-5)
+    assert steps["adagrad+layer"][k] / steps["adagrad"][k] == pytest.approx(f[k], rel=1e-5)
 
 
 def test_one_step_span_grows_beside_an_edge_best(tmp_path):

@@ -86,6 +86,23 @@ def test_gain_attributed_to_the_redistribution_only_when_both_are_better(tmp_pat
       "layers carries a gain.")
 
 
+def test_gain_put_down_to_the_mean_factor_only_when_uniform_is_better(tmp_path):
+  write(tmp_path, "lenet", {"adagrad": method("adagrad", [0.0] * 10),
+                            "adagrad+layer": method("adagrad", BETTER),
+                            "adagrad+relative": method("adagrad", NOISE),
+                            "adagrad+uniform": method("adagrad", BETTER)})
+  [results] = verdict.load(tmp_path)
+  assert verdict.compared(results, "adagrad") == ["adagrad", "adagrad+layer",
+                                                  "adagrad+relative", "adagrad+uniform"]
+  words = verdict.summary(results, "adagrad")
+  assert words.endswith("adagrad+relative is not: the gain of adagrad+layer is not shown to "
+                        "come from the redistribution across layers; adagrad+uniform is "
+                        "better: the gain comes with the factors' parameter-weighted mean, "
+                        "one multiplier for every layer.")
+  results["methods"]["adagrad+uniform"] = method("adagrad", NOISE)
+  assert verdict.summary(results, "adagrad").endswith("redistribution across layers.")
+
+
 def test_errors_name_the_file(tmp_path, capsys):
   with pytest.raises(SystemExit) as exited:
     verdict.main(["--results", str(tmp_path / "none")])
