@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import cli, files, report, stats, tuned
+from experiments.methods import SUFFIXES
 from experiments.records import METHOD_KEYS
 from experiments.stats import mean_pm_std
 
@@ -46,10 +47,9 @@ INTERVAL_KEYS = ("ci95", "p_wilcoxon", "mde", "verdict", "iters_to_baseline_val"
 def compared(results: dict, base: str) -> list[str]:
   """The base, then its +layer, +relative and +uniform, then the other methods compared with
   it."""
-  methods = results["methods"]
-  own = [m for m in (base, *(f"{base}+{s}" for s in ("layer", "relative", "uniform")))
-         if m in methods]
-  return own + [m for m, r in methods.items() if r["baseline"] == base and m not in own]
+  run = results["methods"]
+  own = [m for m in (base, *(f"{base}+{s}" for s in SUFFIXES)) if m in run]
+  return own + [m for m, r in run.items() if r["baseline"] == base and m not in own]
 
 
 def stated(results: dict, method: str) -> str:

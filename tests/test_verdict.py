@@ -188,12 +188,7 @@ def test_unwritable_out_is_one_line(tmp_path, capsys):
 def mean_test_curve(workload: str, name: str) -> tuple[list[int], np.ndarray]:
   """Evaluation iterations and the mean test curve of ``name``'s evaluation runs."""
   results = json.loads((COMMITTED / workload / "results.json").read_text())
-  lr = results["methods"][name]["selected_lr"]
-  runs = [json.loads(path.read_text())
-          for path in (COMMITTED / workload / "runs" / name).glob("*.json")]
-  runs = [run["record"] for run in runs
-          if run["task"]["seed"] in results["eval_seeds"] and run["task"]["lr"] == lr]
-  assert len(runs) == len(results["eval_seeds"])
+  runs = report.selected_records(COMMITTED / workload, results, name)
   return runs[0]["eval_iters"], np.mean([run["test"] for run in runs], axis=0)
 
 
