@@ -19,7 +19,8 @@ seeds the interval cannot account for.
 The summary per workload and base states each verdict and attributes a gain only as the
 intervals allow: if ``+layer`` and ``+relative`` are both better, the redistribution across
 layers carries a gain; if only ``+layer`` is, the redistribution alone was not shown to help
-(``+relative``'s detectable effect says how small a gain could have been missed), and if
+(``+relative``'s detectable effect says how small a gain could have been missed; if it is
+worse, the redistribution alone does harm), and if
 ``+uniform`` is better too, the gain comes with the factors' common part: their
 parameter-weighted mean, one multiplier for every layer that follows the gradients.
 
@@ -73,12 +74,16 @@ def summary(results: dict, base: str) -> str:
   if verdicts.get(layer) == stats.BETTER and verdicts.get(relative) == stats.BETTER:
     words += (f". {relative} (mean factor 1 over parameters) is better too: the "
               "redistribution across layers carries a gain")
+  elif verdicts.get(layer) == stats.BETTER and verdicts.get(relative) == stats.WORSE:
+    words += (f". {relative} is worse: the redistribution across layers alone does harm, "
+              f"so the gain of {layer} does not come from it")
   elif verdicts.get(layer) == stats.BETTER and relative in verdicts:
     words += (f". {relative} is not: the gain of {layer} is not shown to come from the "
               "redistribution across layers")
-    if verdicts.get(uniform) == stats.BETTER:
-      words += (f"; {uniform} is better: the gain comes with the factors' parameter-weighted "
-                "mean, one multiplier for every layer")
+  if (verdicts.get(layer) == verdicts.get(uniform) == stats.BETTER and relative in verdicts
+      and verdicts[relative] != stats.BETTER):
+    words += (f"; {uniform} is better: the gain comes with the factors' parameter-weighted "
+              "mean, one multiplier for every layer")
   return words + "."
 
 

@@ -101,6 +101,12 @@ def test_gain_put_down_to_the_mean_factor_only_when_uniform_is_better(tmp_path):
                         "one multiplier for every layer.")
   results["methods"]["adagrad+uniform"] = method("adagrad", NOISE)
   assert verdict.summary(results, "adagrad").endswith("redistribution across layers.")
+  results["methods"]["adagrad+relative"] = method("adagrad", WORSE)
+  results["methods"]["adagrad+uniform"] = method("adagrad", BETTER)
+  assert verdict.summary(results, "adagrad").endswith(
+      "adagrad+relative is worse: the redistribution across layers alone does harm, so the "
+      "gain of adagrad+layer does not come from it; adagrad+uniform is better: the gain comes "
+      "with the factors' parameter-weighted mean, one multiplier for every layer.")
 
 
 def test_errors_name_the_file(tmp_path, capsys):
