@@ -97,8 +97,9 @@ def rows(results: dict) -> tuple[list[list[str]], list[str]]:
       cells = stats.paired_cells(report.comparison(results, method))
       paired = (["—"] * 5 + ["(tuned base)"] if method == base else
                 [cells[k] for k in ("diff", "ci95", "p", "mde", "wins", "verdict")])
+      reached = stats.reach_text(stats.reach(r["iters_to_baseline_val"]))
       lines.append([results["workload"], base, method, f"{r['selected_lr']:.3g}",
-                    mean_pm_std(r["test"]), *paired])
+                    mean_pm_std(r["test"]), *paired, reached])
     sentences.append(f"- **{results['workload']}, {base}**: {summary(results, base)}")
   return lines, sentences
 
@@ -134,7 +135,8 @@ def factor_rows(folder: Path, all_results: list[dict]) -> list[str]:
 
 
 HEADER = ("workload", "base", "method", "selected lr", "test metric", "paired diff vs base",
-          "95% CI", "p (Wilcoxon)", "detectable effect", "wins", "verdict")
+          "95% CI", "p (Wilcoxon)", "detectable effect", "wins", "verdict",
+          "iterations to base val")
 
 
 def verdict(all_results: list[dict], folder: Path | None = None) -> str:
@@ -157,7 +159,10 @@ def verdict(all_results: list[dict], folder: Path | None = None) -> str:
           "Paired difference: method minus the tuned base, per seed, mean ± std; 95% CI: its "
           "t interval; p: Wilcoxon signed-rank; detectable effect: the mean difference found "
           "with 80% power. Verdict: *better* or *worse* only when the interval excludes 0, "
-          "otherwise *no difference detected* with the effect the seeds could detect.", "",
+          "otherwise *no difference detected* with the effect the seeds could detect. "
+          "Iterations to base val (the paper's speed claim): per seed the first evaluation "
+          "point whose validation metric reaches the tuned base's mean final one; their median "
+          "[95% interval of the median] (seeds that reach it; ∞: not reached).", "",
           "Metrics: " + "; ".join(metrics) + ".", ""]
   if not all_results:
     return "\n".join(head[:-2] + [f"No workload has been run yet ({', '.join(missing)})."]) + "\n"

@@ -58,11 +58,12 @@ def test_verdict_table_and_words(tmp_path):
   assert better.ci95 == pytest.approx((-0.2506, -0.1494), abs=1e-4)
   assert table[1] == ["| lenet", "sgd", "sgd+layer", "0.00316", "0.800 ± 0.071", "-0.200 ± 0.071",
                       "[-0.251, -0.149]", stats.number(better.p_wilcoxon, 2),
-                      stats.number(better.mde, 2), "10/10", "better |"]
+                      stats.number(better.mde, 2), "10/10", "better",
+                      "100 [100, 100] (10/10) |"]
   noise = stats.paired([1 + d for d in NOISE], [1.0] * 10, True)
-  assert table[2][-1] == f"no difference detected (detectable effect {noise.mde:.2g}) |"
-  assert table[0][5:] == ["—"] * 5 + ["(tuned base) |"]
-  assert table[4][-1] == "worse |" and table[6][-1] == "worse |"
+  assert table[2][-2] == f"no difference detected (detectable effect {noise.mde:.2g})"
+  assert table[0][5:] == ["—"] * 5 + ["(tuned base)", "100 [100, 100] (10/10) |"]
+  assert table[4][-2] == "worse" and table[6][-2] == "worse"
   summary = next(line for line in lines if line.startswith("- **lenet, sgd**"))
   assert summary == (
       "- **lenet, sgd**: sgd+layer better against tuned sgd (mean difference -0.200, 95% CI "
