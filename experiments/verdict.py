@@ -6,10 +6,11 @@ Reads every ``<results>/<workload>/results.json`` present (``--results``, defaul
 method that is its own baseline), the tuned base, the tuned ``+layer`` (factor of eq. 9), the
 tuned ``+relative`` (the factors divided by their parameter-weighted mean, so the mean factor
 over parameters is 1 at every step), the tuned ``+uniform`` (that mean on every layer) where
-it was run, and the layer-wise peers compared with that base, each
-with its final test metric (mean ± std over the evaluation seeds) and its paired comparison
-with the base, recomputed from the per-seed values (:func:`experiments.stats.paired`): mean
-difference, 95% t interval, Wilcoxon p, detectable effect at 80% power, wins.
+it was run, and the layer-wise peers compared with that base, each with its final test
+metric (mean ± std over the evaluation seeds), its paired comparison with the base,
+recomputed from the per-seed values (:func:`experiments.stats.paired`): mean difference, 95%
+t interval, Wilcoxon p, detectable effect at 80% power, wins; and the paper's speed claim,
+the iterations to reach the base's mean final validation value (:func:`experiments.stats.reach`).
 
 The rule (``d_s`` = method minus base on evaluation seed ``s``): **better** or **worse** only
 when the 95% interval of the mean ``d`` excludes 0; otherwise **no difference detected**,
