@@ -207,21 +207,23 @@ TUNED_HEADER = ("method", "baseline", "selected lr", "grid points (diverged)", "
                 "verdict", "iterations to base val")
 
 
+def comparison_cells(results: dict, method: str) -> list[str]:
+  """``method``'s cells from "paired diff" to "iterations to base val" (the last seven of
+  :data:`TUNED_HEADER`); a tuned base has dashes for the comparison with itself."""
+  r = results["methods"][method]
+  cells = stats.paired_cells(comparison(results, method))
+  paired = (["—"] * 5 + ["(tuned base)"] if r["baseline"] == method else
+            [cells[k] for k in ("diff", "ci95", "p", "mde", "wins", "verdict")])
+  return [*paired, stats.reach_text(stats.reach(r["iters_to_baseline_val"]))]
+
+
 def tuned_rows(results: dict) -> list[list[str]]:
   """One row of :data:`TUNED_HEADER` per method."""
-  rows = []
-  for method, r in results["methods"].items():
-    own = r["baseline"] == method
-    cells = stats.paired_cells(comparison(results, method))
-    paired = (["—"] * 5 + ["(tuned base)"] if own else
-              [cells[k] for k in ("diff", "ci95", "p", "mde", "wins", "verdict")])
-    rows.append([method, r["baseline"], f"{r['selected_lr']:.3g}",
-                 f"{len(r['grid'])} ({len(r['diverged'])})"
-                 + ("" if r.get("bracketed", True) else ", best on the edge"),
-                 mean_pm_std(r["val"]),
-                 mean_pm_std(r["test"]), *paired,
-                 stats.reach_text(stats.reach(r["iters_to_baseline_val"]))])
-  return rows
+  return [[method, r["baseline"], f"{r['selected_lr']:.3g}",
+           f"{len(r['grid'])} ({len(r['diverged'])})"
+           + ("" if r.get("bracketed", True) else ", best on the edge"),
+           mean_pm_std(r["val"]), mean_pm_std(r["test"]), *comparison_cells(results, method)]
+          for method, r in results["methods"].items()]
 
 
 def _seconds(values: list[float]) -> str:

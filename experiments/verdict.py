@@ -72,17 +72,18 @@ def summary(results: dict, base: str) -> str:
   verdicts = {m: report.comparison(results, m).verdict for m in methods}
   layer, relative, uniform = (f"{base}+{s}" for s in ("layer", "relative", "uniform"))
   words = "; ".join(stated(results, m) for m in methods) or f"only tuned {base} was run"
-  if verdicts.get(layer) == stats.BETTER and verdicts.get(relative) == stats.BETTER:
-    words += (f". {relative} (mean factor 1 over parameters) is better too: the "
-              "redistribution across layers carries a gain")
-  elif verdicts.get(layer) == stats.BETTER and verdicts.get(relative) == stats.WORSE:
+  if verdicts.get(layer) != stats.BETTER or relative not in verdicts:
+    return words + "."
+  if verdicts[relative] == stats.BETTER:
+    return (words + f". {relative} (mean factor 1 over parameters) is better too: the "
+            "redistribution across layers carries a gain.")
+  if verdicts[relative] == stats.WORSE:
     words += (f". {relative} is worse: the redistribution across layers alone does harm, "
               f"so the gain of {layer} does not come from it")
-  elif verdicts.get(layer) == stats.BETTER and relative in verdicts:
+  else:
     words += (f". {relative} is not: the gain of {layer} is not shown to come from the "
               "redistribution across layers")
-  if (verdicts.get(layer) == verdicts.get(uniform) == stats.BETTER and relative in verdicts
-      and verdicts[relative] != stats.BETTER):
+  if verdicts.get(uniform) == stats.BETTER:
     words += (f"; {uniform} is better: the gain comes with the factors' parameter-weighted "
               "mean, one multiplier for every layer")
   return words + "."
@@ -95,12 +96,8 @@ def rows(results: dict) -> tuple[list[list[str]], list[str]]:
   for base in [m for m, r in methods.items() if r["baseline"] == m]:
     for method in compared(results, base):
       r = methods[method]
-      cells = stats.paired_cells(report.comparison(results, method))
-      paired = (["—"] * 5 + ["(tuned base)"] if method == base else
-                [cells[k] for k in ("diff", "ci95", "p", "mde", "wins", "verdict")])
-      reached = stats.reach_text(stats.reach(r["iters_to_baseline_val"]))
       lines.append([results["workload"], base, method, f"{r['selected_lr']:.3g}",
-                    mean_pm_std(r["test"]), *paired, reached])
+                    mean_pm_std(r["test"]), *report.comparison_cells(results, method)])
     sentences.append(f"- **{results['workload']}, {base}**: {summary(results, base)}")
   return lines, sentences
 
