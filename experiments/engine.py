@@ -382,10 +382,11 @@ def train(dataset, task: records.RunTask, progress: Callable[[int], None] = lamb
   initial = jax.tree.map(jnp.copy, carry.params) if run.probe is not None else None
   # (val, test, train loss, *probes) at each evaluation point so far
   measured = np.zeros((0, 3 + len(run.probes)))
-  done = 0
+  done, earlier_s = 0, 0.0  # wall time spent before the checkpoint resumed from
   if checkpoint is not None and Path(checkpoint).exists():
     carry, extra = records.load_checkpoint(checkpoint, carry, tag(setup, task))
     measured, done = extra["measured"], int(extra["done"])
+    earlier_s = float(extra.get("wall_s", 0.0))  # (checkpoints before it was kept: 0)
   lr = jnp.float32(task.lr)
   evals = setup.eval_iters(iters)
   saves = range(checkpoint_every, iters, checkpoint_every) if checkpoint is not None else ()
@@ -418,8 +419,9 @@ def train(dataset, task: records.RunTask, progress: Callable[[int], None] = lamb
     if checkpoint is not None and done < iters and (
         done - saved >= checkpoint_every or done == end):
       saved = done
-      records.save_checkpoint(checkpoint, carry, tag(setup, task),
-                              measured=measured, done=np.array(done))
+      records.save_checkpoint(checkpoint, carry, tag(setup, task), measured=measured,
+                              done=np.array(done),
+                              wall_s=np.array(earlier_s + time.perf_counter() - began))
   if done < iters and not diverged:
     return None
   progress(iters - done)
@@ -435,7 +437,7 @@ def train(dataset, task: records.RunTask, progress: Callable[[int], None] = lamb
           "train_loss": table[:, 2].tolist(), "factor_iters": setup.factor_iters(iters),
           "factors": {name: factors[:, i].tolist() for i, name in enumerate(run.names)},
           "norms": {name: norms[:, i].tolist() for i, name in enumerate(run.names)},
-          "wall_s": time.perf_counter() - began}
+          "wall_s": earlier_s + time.perf_counter() - began}
 
 
 def train_resuming(dataset, task: records.RunTask, progress: Callable[[int], None], *,

@@ -14,7 +14,9 @@ record (what :func:`experiments.engine.train` returns) has
   initialisation), and ``factors``: layer name (``name[i]`` for slice ``i`` of a stacked
   layer) -> the factor of eq. 9 of the gradient the factor sees there; ``norms`` (records
   written since the engine): the same layers' gradient norms;
-* ``wall_s``: the run's wall time.
+* ``wall_s``: the run's wall time; a run resumed from a checkpoint adds the time spent up to
+  that checkpoint (records written before checkpoints kept it count the time since
+  resuming only).
 
 NaN and inf are kept (JSON's ``NaN``/``Infinity`` tokens, which Python's ``json`` reads).
 

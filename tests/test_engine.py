@@ -204,10 +204,13 @@ def test_a_run_stopped_midway_resumes_to_the_same_record(dataset, tmp_path):
   path = tmp_path / "run.ckpt.npz"
   assert engine.train(dataset, task, setup=setup, checkpoint=path, stop_after=3) is None
   assert path.exists()
+  saved = records.read_npz(path, "checkpoint", "")
+  assert float(saved["wall_s"]) > 0  # the first part's wall time, which the resumed run adds:
+  records.save_npz(path, **(saved | {"wall_s": np.array(1e6)}))  # (as if it had taken a long time)
   with pytest.raises(records.InputError, match="checkpoint of another configuration"):
     engine.train(dataset, task._replace(lr=0.1), setup=setup, checkpoint=path)
   resumed = engine.train(dataset, task, setup=setup, checkpoint=path)
-  assert not path.exists()
+  assert not path.exists() and 1e6 < resumed["wall_s"] < 2e6
   for key in (*records.RECORD_KEYS, "norms"):
     if key != "wall_s":
       assert resumed[key] == whole[key], key
