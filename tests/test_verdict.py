@@ -2,6 +2,8 @@
 words; the committed results (results/evidence, where present) recomputed from their JSON."""
 
 import json
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +215,34 @@ def test_docs_account_for_adagrad_missing_its_level_as_its_runs_show():
   level = json.loads((COMMITTED / "lenet" / "results.json").read_text())["methods"]["adagrad"][
       "level"]
   assert not level["met"] and f"misses SGD's by {adagrad[-1] - level['value']:.2f} points" in docs
+
+
+def numbers(text: str) -> list[str]:
+  """The numbers written in ``text``, without sign or thousands separators."""
+  return [n.replace(",", "") for n in re.findall(r"\d+(?:,\d{3})*(?:\.\d+)?", text)]
+
+
+def in_nats(bits: str) -> str:
+  decimals = len(bits.partition(".")[2])
+  return f"{float(bits) * math.log(2):.{decimals}f}"
+
+
+@pytest.mark.skipif(not PRESENT, reason="no committed results yet")
+def test_readme_verdict_prose_has_only_committed_numbers():
+  """Every number in the README's paragraph on the tuned comparisons (beside its table) is
+  one of verdict.md or of a workload's table.md (levels, sizes, search), so a number
+  mistyped or left from earlier results fails."""
+  readme = Path("README.md").read_text()
+  start = readme.index("**Against tuned baselines**")
+  paragraph = readme[start:readme.index("[Evidence](docs/evidence.md)", start)]
+  prose = "\n".join(line for line in paragraph.splitlines() if not line.startswith("|"))
+  verdict_text = (COMMITTED / "verdict.md").read_text()
+  committed = set(numbers(verdict_text))
+  for workload in PRESENT:
+    table = (COMMITTED / workload / "table.md").read_text()
+    committed |= set(numbers(table))
+    if json.loads((COMMITTED / workload / "results.json").read_text())["metric"] == (
+        "bits per character"):  # also stated in nats: bits x ln 2, to as many decimals
+      lines = [line for line in verdict_text.splitlines() if workload in line]
+      committed |= {in_nats(n) for n in numbers("\n".join([table, *lines]))}
+  assert [n for n in numbers(prose) if n not in committed] == []
