@@ -223,6 +223,7 @@ def numbers(text: str) -> list[str]:
 
 
 def in_nats(bits: str) -> str:
+  """A number of bits written in nats, to as many decimals."""
   decimals = len(bits.partition(".")[2])
   return f"{float(bits) * math.log(2):.{decimals}f}"
 
